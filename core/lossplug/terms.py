@@ -1,0 +1,332 @@
+"""Loss terms: what users put in ``compile(loss=...)`` and how one is evaluated.
+
+:func:`use` names a plugin with its config, weight and bindings and returns a
+:class:`Term`. :class:`ResolvedTerm` is a term bound to a plugin: it calls
+exactly that plugin's ``build_loss_graph`` and checks what comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import keras
+import tensorflow as tf
+from keras import ops
+
+from .errors import (
+    LossplugError,
+    MissingTensorError,
+    PluginConfigError,
+    PluginNotInstalledError,
+    PluginResultError,
+    UnknownPluginError,
+)
+from .extras import Extras, StateStore
+from .registry import registry
+from .schedules import Schedule, as_schedule
+from .specs import LossResult, Metric, PluginSpec, config_to_dict, make_config
+
+
+@keras.saving.register_keras_serializable(package="lossplug")
+class Term:
+    """One loss term: a plugin (or a Keras loss) with its config, weight and bindings.
+
+    Create terms with :func:`use`; a bare plugin name in ``compile`` is
+    ``use(name)``. Terms are Keras-serializable, so compiled models save and load
+    with ``safe_mode`` on.
+    """
+
+    def __init__(
+        self,
+        plugin: str | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        weight: Any = 1.0,
+        bind: Mapping[str, str] | None = None,
+        display_name: str | None = None,
+        global_batch: bool = False,
+        keras_loss: Any = None,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        if (plugin is None) == (keras_loss is None):
+            raise PluginConfigError("a Term names either a plugin or a Keras loss, not both")
+        self.plugin = plugin
+        self.keras_loss = keras_loss
+        self.weight: Schedule = as_schedule(weight)
+        self.bind = dict(bind or {})
+        for key, value in self.bind.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise PluginConfigError(
+                    f"bind for {plugin or keras_loss!r} must map tensor names to tensor names "
+                    f"(str -> str), got {key!r}: {value!r}"
+                )
+        self.display_name = display_name
+        self.global_batch = bool(global_batch)
+        self.distribution = distribution
+        self.version = version
+        self.spec: PluginSpec | None = None
+        self.config: Any = None
+        self._raw_config = dict(config or {})
+        if plugin is not None:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        assert self.plugin is not None
+        try:
+            entry = registry.entry(self.plugin)
+        except UnknownPluginError as exc:
+            if self.distribution:
+                raise PluginNotInstalledError(
+                    f"this model uses the loss plugin {self.plugin!r} from the distribution "
+                    f"{self.distribution} {self.version or ''}".rstrip()
+                    + f", which is not installed. Install it (pip install "
+                    f"{self.distribution}{'==' + self.version if self.version else ''}) and "
+                    "load the model again."
+                ) from exc
+            raise
+        self.spec = registry.spec(self.plugin)
+        self.distribution = entry.distribution
+        self.version = entry.version
+        self.config = make_config(self.spec, self._raw_config)
+        declared = {t.name for t in self.spec.tensors}
+        unknown = sorted(set(self.bind) - declared)
+        if unknown:
+            raise MissingTensorError(
+                f"loss plugin {self.spec.name!r}: bind names {unknown[0]!r}, which the plugin "
+                f"does not read; it reads: {', '.join(sorted(declared)) or '(nothing)'}"
+            )
+
+    @property
+    def name(self) -> str:
+        """The name shown in the progress bar (before any output prefix)."""
+        if self.display_name:
+            return self.display_name
+        if self.plugin is not None:
+            return self.spec.name if self.spec is not None else self.plugin.split(":")[-1]
+        return _keras_loss_name(self.keras_loss)
+
+    def get_config(self) -> dict[str, Any]:
+        if self.keras_loss is not None:
+            return {
+                "keras_loss": keras.saving.serialize_keras_object(self.keras_loss),
+                "weight": keras.saving.serialize_keras_object(self.weight),
+                "bind": self.bind,
+                "display_name": self.display_name,
+            }
+        return {
+            "plugin": self.plugin,
+            "config": config_to_dict(self.config) if self.config is not None else self._raw_config,
+            "weight": keras.saving.serialize_keras_object(self.weight),
+            "bind": self.bind,
+            "display_name": self.display_name,
+            "global_batch": self.global_batch,
+            "distribution": self.distribution,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Term:
+        config = dict(config)
+        config["weight"] = keras.saving.deserialize_keras_object(config["weight"])
+        if "keras_loss" in config:
+            config["keras_loss"] = keras.saving.deserialize_keras_object(config["keras_loss"])
+        plugin = config.pop("plugin", None)
+        return cls(plugin, **config)
+
+    def __repr__(self) -> str:
+        what = self.plugin if self.plugin is not None else _keras_loss_name(self.keras_loss)
+        return f"Term({what!r}, weight={self.weight!r})"
+
+
+def _keras_loss_name(loss: Any) -> str:
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return loss.name
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
+def use(
+    name: str,
+    *,
+    weight: Any = 1.0,
+    bind: Mapping[str, str] | None = None,
+    display_name: str | None = None,
+    global_batch: bool = False,
+    **config: Any,
+) -> Term:
+    """Name a loss plugin with its config, for ``LossModel.compile(loss=...)``.
+
+    Args:
+        name: the plugin name (``"center"``), or ``"distribution:name"`` when two
+            installed distributions provide the name.
+        weight: a number, a :mod:`lossplug.schedules` schedule of the epoch or
+            step, or any callable of the epoch.
+        bind: maps the plugin's tensor names to the model's, e.g.
+            ``{"features": "embedding"}``; a model name may be qualified as
+            ``"inputs.<name>"`` or ``"outputs.<name>"``.
+        display_name: the name shown in the progress bar and ``History``
+            (defaults to the plugin name).
+        global_batch: batch-coupled plugins mine over the global batch
+            (gathered across replicas) under a ``tf.distribute`` strategy.
+        **config: the plugin's hyper-parameters, validated now.
+    """
+    return Term(
+        name,
+        config=config,
+        weight=weight,
+        bind=bind,
+        display_name=display_name,
+        global_batch=global_batch,
+    )
+
+
+def as_term(obj: Any) -> Term:
+    """Interpret one entry of ``compile(loss=...)``: a name, a Term, or a Keras loss."""
+    if isinstance(obj, Term):
+        return obj
+    if isinstance(obj, str):
+        name = obj.split(":")[-1]
+        if ":" in obj or name in registry.names():
+            return Term(obj)
+        try:
+            keras.losses.get(obj)
+        except (ValueError, TypeError):
+            raise registry._unknown(obj, name) from None
+        return Term(keras_loss=obj)
+    if isinstance(obj, keras.losses.Loss) or callable(obj):
+        return Term(keras_loss=obj)
+    raise PluginConfigError(
+        f"cannot use {obj!r} as a loss: pass a plugin name, lossplug.use(...), a "
+        "keras.losses.Loss or a loss function"
+    )
+
+
+# --------------------------------------------------------------------- evaluation
+def _is_float(dtype: Any) -> bool:
+    try:
+        return tf.as_dtype(dtype).is_floating
+    except TypeError:
+        return False
+
+
+@attrs.define
+class TermOutput:
+    """What one evaluation of a term produced, validated."""
+
+    loss: Any  #: float32 per-sample tensor, float32 scalar, or None
+    per_sample: bool
+    metrics: dict[str, tuple[Any, str]]  #: name -> (float32 value, aggregation)
+
+
+def call_plugin(
+    spec: PluginSpec,
+    caller: Any,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    extras: Extras,
+    *,
+    term: str,
+) -> TermOutput:
+    """Call one plugin's ``build_loss_graph`` and validate what it returns."""
+    where = f"loss plugin {spec.name!r} (term {term!r})"
+    try:
+        result = caller(inputs=dict(inputs), outputs=dict(outputs), extras=extras)
+    except LossplugError:
+        raise
+    except Exception as exc:
+        exc.add_note(f"raised in {where}, build_loss_graph")
+        raise
+    if result is None and spec.returns != "metrics":
+        raise PluginResultError(
+            f"{where} returned None; return a lossplug.LossResult or a loss tensor"
+        )
+    if not isinstance(result, LossResult):
+        result = LossResult(loss=result)
+    loss = result.loss
+    per_sample = False
+    if loss is not None:
+        if not (tf.is_tensor(loss) or hasattr(loss, "shape")):
+            raise PluginResultError(
+                f"{where} returned a loss of type {type(loss).__name__}; return a tensor"
+            )
+        loss = ops.convert_to_tensor(loss)
+        if not _is_float(loss.dtype):
+            raise PluginResultError(
+                f"{where} returned a loss of dtype {loss.dtype.name if hasattr(loss.dtype, 'name') else loss.dtype}; "
+                "losses must be floating point (cast with keras.ops.cast(x, 'float32'))"
+            )
+        rank = len(loss.shape)
+        if rank > 0:
+            per_sample = True
+            batch = _batch_size_hint(inputs, outputs, spec)
+            got = loss.shape[0]
+            if batch is not None and got is not None and got != batch:
+                raise PluginResultError(
+                    f"{where} returned a loss of shape {tuple(loss.shape)}, but the batch has "
+                    f"{batch} samples; return one value per sample (shape ({batch},) or "
+                    f"({batch}, ...)) or a scalar"
+                )
+        loss = ops.cast(loss, "float32")
+    metrics: dict[str, tuple[Any, str]] = {}
+    for name, value in dict(result.metrics).items():
+        aggregation = "mean"
+        if isinstance(value, Metric):
+            value, aggregation = value.value, value.aggregation
+        value = ops.convert_to_tensor(value)
+        if len(value.shape) != 0:
+            value = ops.mean(ops.cast(value, "float32"))
+        metrics[str(name)] = (ops.cast(value, "float32"), aggregation)
+    return TermOutput(loss=loss, per_sample=per_sample, metrics=metrics)
+
+
+def _batch_size_hint(
+    inputs: Mapping[str, Any], outputs: Mapping[str, Any], spec: PluginSpec
+) -> int | None:
+    """The static batch size of the declared batch-shaped tensors, if known and agreed."""
+    sizes = set()
+    for tensor in spec.tensors:
+        if tensor.shape is None or not tensor.shape or tensor.shape[0] != "B":
+            continue
+        mapping = inputs if tensor.source.value == "inputs" else outputs
+        value = mapping.get(tensor.name)
+        if value is not None and hasattr(value, "shape") and len(value.shape) > 0:
+            if value.shape[0] is not None:
+                sizes.add(int(value.shape[0]))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def reduce_per_sample(values: Any, sample_weight: Any = None) -> Any:
+    """Keras' ``sum_over_batch_size``: sum(w * loss) / number of loss elements, in float32.
+
+    ``values`` has shape (B,) or (B, ...); ``sample_weight`` (B,) or
+    broadcastable to ``values``.
+    """
+    values = ops.cast(values, "float32")
+    if sample_weight is not None:
+        weight = ops.cast(sample_weight, "float32")
+        while len(weight.shape) < len(values.shape):
+            weight = ops.expand_dims(weight, -1)
+        while len(weight.shape) > len(values.shape) and weight.shape[-1] == 1:
+            weight = ops.squeeze(weight, -1)
+        values = values * weight
+    count = ops.cast(ops.size(values), "float32")
+    return ops.sum(values) / ops.maximum(count, 1.0)
+
+
+def scale_for_distribution(value: Any) -> Any:
+    """Divide by the number of replicas in sync, as Keras does for its own losses."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        value = value * (1.0 / replicas)
+    return value
+
+
+def new_state_store(term_name: str, plugin: str) -> StateStore:
+    return StateStore(plugin=plugin, name=f"lossplug_state_{term_name}")
+
+
+__all__ = ["Term", "TermOutput", "as_term", "call_plugin", "reduce_per_sample", "use"]
