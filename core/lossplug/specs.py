@@ -368,7 +368,7 @@ def make_config(spec: PluginSpec, values: Mapping[str, Any]) -> Any:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The JSON-friendly dict of a Config instance (tuples become lists)."""
-    return attrs.asdict(config, recurse=True, retain_collection_types=False)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(config).items()}
 
 
 @attrs.frozen
