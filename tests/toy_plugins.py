@@ -1,0 +1,96 @@
+"""Small in-process plugins for the core's own tests (not shipped losses)."""
+
+from __future__ import annotations
+
+import attrs
+import keras
+from keras import ops
+
+import lossplug
+from lossplug import Kind, LossResult, PluginSpec, TensorSpec, hookimpl, param
+
+
+@attrs.frozen
+class CEConfig:
+    from_logits: bool = param(True, doc="y_pred holds logits")
+
+
+class SparseCE:
+    """Sparse categorical cross-entropy, per sample."""
+
+    @hookimpl
+    def lossplug_spec(self) -> PluginSpec:
+        return PluginSpec(
+            name="toy_ce",
+            description="sparse categorical cross-entropy (test plugin)",
+            config=CEConfig,
+            tensors=(
+                TensorSpec("y_true", Kind.SPARSE_LABELS, source="inputs", shape=("B",), classes="C"),
+                TensorSpec("y_pred", Kind.LOGITS, shape=("B", "C")),
+            ),
+            properties=(lossplug.properties.NonNegative(),),
+        )
+
+    @hookimpl
+    def build_loss_graph(self, inputs, outputs, extras):
+        return keras.losses.sparse_categorical_crossentropy(
+            inputs["y_true"], outputs["y_pred"], from_logits=extras.config.from_logits
+        )
+
+
+@attrs.frozen
+class CenterConfig:
+    num_classes: int = param(10, low=1)
+
+
+class ToyCenter:
+    """||x - c_y||^2 with trainable centres, plus a metric."""
+
+    @hookimpl
+    def lossplug_spec(self) -> PluginSpec:
+        return PluginSpec(
+            name="toy_center",
+            description="center loss (test plugin)",
+            config=CenterConfig,
+            tensors=(
+                TensorSpec("features", Kind.EMBEDDINGS, shape=("B", "D")),
+                TensorSpec("y_true", Kind.SPARSE_LABELS, source="inputs", shape=("B",),
+                           classes="num_classes"),
+            ),
+        )
+
+    @hookimpl
+    def build_loss_graph(self, inputs, outputs, extras):
+        features = ops.cast(outputs["features"], "float32")
+        centers = extras.state.variable(
+            "centers", (extras.config.num_classes, features.shape[-1]), "zeros"
+        )
+        labels = ops.cast(ops.reshape(inputs["y_true"], (-1,)), "int32")
+        diff = features - ops.take(centers, labels, axis=0)
+        per_sample = ops.sum(diff * diff, axis=-1)
+        return LossResult(per_sample, metrics={"mean_norm": ops.mean(ops.norm(features, axis=-1))})
+
+
+@attrs.frozen
+class EmptyConfig:
+    pass
+
+
+class EpochProbe:
+    """Loss = epoch as a float (for schedule/epoch plumbing tests), per sample."""
+
+    @hookimpl
+    def lossplug_spec(self) -> PluginSpec:
+        return PluginSpec(
+            name="toy_epoch",
+            description="returns the epoch (test plugin)",
+            config=EmptyConfig,
+            tensors=(TensorSpec("y_pred", Kind.ANY),),
+        )
+
+    @hookimpl
+    def build_loss_graph(self, inputs, outputs, extras):
+        batch = ops.shape(outputs["y_pred"])[0]
+        return ops.ones((batch,), "float32") * ops.cast(extras.epoch, "float32") + 0.0 * ops.sum(
+            ops.cast(outputs["y_pred"], "float32"), axis=-1
+        )
