@@ -77,7 +77,12 @@ class EmptyConfig:
 
 
 class EpochProbe:
-    """Loss = epoch as a float (for schedule/epoch plumbing tests), per sample."""
+    """Loss = epoch as a float (for schedule/epoch plumbing tests), per sample.
+
+    ``calls`` counts Python calls, i.e. the compile-time probe plus one per trace.
+    """
+
+    calls = 0
 
     @hookimpl
     def lossplug_spec(self) -> PluginSpec:
@@ -90,6 +95,7 @@ class EpochProbe:
 
     @hookimpl
     def build_loss_graph(self, inputs, outputs, extras):
+        EpochProbe.calls += 1
         batch = ops.shape(outputs["y_pred"])[0]
         return ops.ones((batch,), "float32") * ops.cast(extras.epoch, "float32") + 0.0 * ops.sum(
             ops.cast(outputs["y_pred"], "float32"), axis=-1

@@ -346,18 +346,20 @@ class LossModel(keras.Model):
                 term.weight.value_at(0), dtype="float32", trainable=False,
                 name=f"lossplug_weight_{b.name}",
             )
+        b.metric = keras.metrics.Mean(name=b.name)
+        b.plugin_metrics = {}
+        if term.plugin is None:
+            return  # a Keras loss: no state, no metrics of its own
         # The probe: one eager call on a dummy batch creates state and reveals metric names.
         probe = self._probe_term(b)
         if b.state is not None:
             b.state.close()
-        b.metric = keras.metrics.Mean(name=b.name)
         b.has_loss = probe.loss is not None
-        b.plugin_metrics = {}
         for metric_name, (_, aggregation) in probe.metrics.items():
             full = f"{b.name}_{metric_name}"
             cls = keras.metrics.Sum if aggregation == "sum" else keras.metrics.Mean
             b.plugin_metrics[metric_name] = cls(name=full)
-        if term.plugin is not None and probe.loss is None and term.spec.returns != "metrics":
+        if probe.loss is None and term.spec.returns != "metrics":
             raise PluginResultError(
                 f"loss plugin {term.spec.name!r} returned no loss; declare returns='metrics' in "
                 "its spec if it only computes metrics"
@@ -371,9 +373,7 @@ class LossModel(keras.Model):
         x = keras.tree.map_structure(dummy, self.input)
         y_pred = keras.tree.map_structure(dummy, self.output)
         exposed = {k: dummy(v) for k, v in self._lossplug.value["expose"].items()}
-        y = None
-        if b.term.plugin is not None:
-            y = self._dummy_targets(b, y_pred)
+        y = self._dummy_targets(b, y_pred)
         return self._evaluate_term(b, x, y, y_pred, exposed, None, training=False, probing=True)
 
     def _dummy_targets(self, b: _BoundTerm, y_pred: Any) -> Any:

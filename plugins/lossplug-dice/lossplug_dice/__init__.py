@@ -1,0 +1,168 @@
+"""Soft Dice loss for binary and multi-class segmentation masks, with an optional BCE term.
+
+Masks are channels-last: ``y_true`` (targets, 0/1 or soft, one-hot over classes for
+multi-class masks) and ``y_pred`` (probabilities: sigmoid or softmax outputs) of
+shape (B, ..., C), e.g. (B, H, W, C); C = 1 for a binary mask. A rank-2 tensor
+(B, N) is a flattened binary mask (one class of N pixels); a rank-1 tensor (B,)
+is one pixel per sample. With p = y_pred, t = y_true, for every sample b and
+class c, the sums running over the spatial axes::
+
+    I_c = sum(p * t),   P_c = sum(p),   T_c = sum(t)
+    dice_c = (2 * I_c + smooth) / (P_c + T_c + smooth)      (1 when P_c + T_c + smooth = 0)
+    loss_b = 1 - mean_c dice_c  +  bce_weight * mean(BCE(t, p))
+
+with BCE(t, p) = -(t * log(max(p, eps)) + (1 - t) * log(max(1 - p, eps))),
+eps = 1e-7, averaged over every element of the sample. The logs are clamped from
+below only, so BCE is exactly 0 at a perfect 0/1 mask.
+
+For values in [0, 1], 2 * p * t <= p^2 + t^2 <= p + t, so dice_c is in [0, 1] and
+the Dice part of the loss is in [0, 1]; it is 0 when y_pred equals a 0/1 mask
+y_true, and symmetric in y_pred and y_true. These claims hold for
+``bce_weight = 0`` (the default); the BCE term is neither bounded nor symmetric.
+The result is per sample, shape (B,): the core applies sample weights and
+averages over the batch.
+
+Differences from ``keras.losses.Dice`` (``dice`` in ``compile`` means this plugin
+once it is installed; use ``keras.losses.Dice()`` for Keras' own):
+
+- Keras computes one ratio over all classes together (large classes dominate) and,
+  with its default ``axis=None``, over the whole batch; this plugin computes one
+  ratio per class and per sample and averages over classes.
+- Keras adds only ``epsilon()`` to the denominator: an empty target predicted as
+  empty gives a loss of 1; here ``smooth`` enters both numerator and denominator,
+  so it gives 0, and ``smooth=0`` is handled (0/0 counts as a perfect match).
+- The optional binary cross-entropy term (``bce_weight``) is the usual "BCE + Dice"
+  combination for segmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+from keras import ops
+
+import lossplug
+from lossplug import Kind, PluginSpec, TensorSpec
+from lossplug.properties import Bounded, Example, Symmetric, ZeroAtPerfect
+
+#: Lower clamp of the probabilities inside the logs of the BCE term.
+EPSILON = 1e-7
+
+
+@attrs.frozen
+class Config:
+    """Hyper-parameters of ``dice``."""
+
+    smooth: float = lossplug.param(
+        1.0,
+        low=0.0,
+        doc="added to numerator and denominator of each class's Dice ratio; "
+        "makes an empty mask predicted as empty a perfect match and smooths gradients",
+    )
+    bce_weight: float = lossplug.param(
+        0.0,
+        low=0.0,
+        neutral=0.0,
+        doc="weight of the binary cross-entropy term added to the Dice loss (0: Dice only)",
+    )
+
+
+def _as_masks(x: Any) -> Any:
+    """float32, shape (B, ..., C): a (B,) tensor becomes (B, 1, 1), (B, N) becomes (B, N, 1)."""
+    x = ops.cast(ops.convert_to_tensor(x), "float32")
+    if len(x.shape) == 1:
+        x = ops.expand_dims(x, -1)
+    if len(x.shape) == 2:
+        x = ops.expand_dims(x, -1)
+    return x
+
+
+def dice_per_class(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
+    """Soft Dice ratio (2 I + smooth) / (P + T + smooth) per sample and class, shape (B, C)."""
+    t, p = _as_masks(y_true), _as_masks(y_pred)
+    spatial = tuple(range(1, len(p.shape) - 1))
+    intersection = ops.sum(p * t, axis=spatial)
+    total = ops.sum(p, axis=spatial) + ops.sum(t, axis=spatial) + smooth
+    # Only 0 when smooth == 0 and both masks are empty: a perfect match (ratio 1).
+    # The maximum keeps the unused branch (and its gradient) finite.
+    ratio = (2.0 * intersection + smooth) / ops.maximum(total, EPSILON)
+    return ops.where(total > 0.0, ratio, ops.ones_like(ratio))
+
+
+def binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
+    """Mean over the elements of each sample of the BCE, shape (B,); exactly 0 at p = t in {0, 1}."""
+    t, p = _as_masks(y_true), _as_masks(y_pred)
+    per_element = -(
+        t * ops.log(ops.maximum(p, EPSILON)) + (1.0 - t) * ops.log(ops.maximum(1.0 - p, EPSILON))
+    )
+    return ops.mean(per_element, axis=tuple(range(1, len(p.shape))))
+
+
+def dice_loss(y_true: Any, y_pred: Any, smooth: float = 1.0, bce_weight: float = 0.0) -> Any:
+    """1 - mean over classes of the Dice ratio (+ bce_weight * BCE), per sample, shape (B,)."""
+    loss = 1.0 - ops.mean(dice_per_class(y_true, y_pred, smooth), axis=-1)
+    if bce_weight:
+        loss = loss + bce_weight * binary_crossentropy(y_true, y_pred)
+    return loss
+
+
+def _perfect_mask(example: Example) -> Example:
+    """y_true rounded to a 0/1 mask, predicted exactly."""
+    mask = np.round(np.clip(np.asarray(example.inputs["y_true"], dtype=np.float64), 0.0, 1.0))
+    mask = mask.astype(np.asarray(example.inputs["y_true"]).dtype)
+    return example.with_tensor("y_true", mask).with_tensor(
+        "y_pred", mask.astype(np.asarray(example.outputs["y_pred"]).dtype)
+    )
+
+
+@lossplug.hookimpl
+def lossplug_spec() -> PluginSpec:
+    return PluginSpec(
+        name="dice",
+        description="soft Dice loss for binary and multi-class masks, optional BCE term",
+        config=Config,
+        tensors=(
+            TensorSpec(
+                "y_true", Kind.MASKS, source="inputs", shape=("B", "H", "W", "C"),
+                description="target masks (one-hot over C classes; C = 1 for binary)",
+            ),
+            TensorSpec(
+                "y_pred", Kind.MASKS, shape=("B", "H", "W", "C"),
+                description="predicted probabilities (sigmoid or softmax outputs)",
+            ),
+        ),
+        properties=(
+            Bounded(0.0, 1.0),
+            ZeroAtPerfect(_perfect_mask, atol=1e-5, description="y_pred equal to a 0/1 mask"),
+            Symmetric("y_pred", "y_true"),
+        ),
+    )
+
+
+@lossplug.hookimpl
+def build_loss_graph(
+    inputs: Mapping[str, Any], outputs: Mapping[str, Any], extras: lossplug.Extras
+) -> Any:
+    config: Config = extras.config
+    y_true, y_pred = inputs["y_true"], outputs["y_pred"]
+    if len(y_true.shape) != len(y_pred.shape):
+        raise lossplug.PluginConfigError(
+            f"loss plugin 'dice': y_true has shape {tuple(y_true.shape)} and y_pred has shape "
+            f"{tuple(y_pred.shape)}; give both the same channels-last shape (B, ..., C), "
+            "with one-hot targets for multi-class masks"
+        )
+    return dice_loss(y_true, y_pred, config.smooth, config.bce_weight)
+
+
+__all__ = [
+    "EPSILON",
+    "Config",
+    "binary_crossentropy",
+    "build_loss_graph",
+    "dice_loss",
+    "dice_per_class",
+    "lossplug_spec",
+]

@@ -1,0 +1,27 @@
+"""Shared fixtures for the core tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+
+
+@pytest.fixture
+def toy_plugins():
+    """Register the in-process test plugins; remove them afterwards."""
+    import toy_plugins as tp
+
+    import lossplug
+
+    plugins = [tp.SparseCE(), tp.ToyCenter(), tp.EpochProbe()]
+    names = [lossplug.register(p, replace=True).name for p in plugins]
+    yield tp
+    for name in names:
+        lossplug.unregister(name)

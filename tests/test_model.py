@@ -1,0 +1,255 @@
+"""LossModel: compile, fit, evaluate, predict, save/load with plugin terms."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import lossplug
+
+pytestmark = pytest.mark.usefixtures("toy_plugins")
+
+
+def make_data(n=128, d=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = rng.integers(0, classes, n)
+    return x, y
+
+
+def make_model(d=16, classes=4, expose=("features",)):
+    inputs = keras.Input((d,), name="x_in")
+    features = keras.layers.Dense(8, activation="relu", name="features")(inputs)
+    logits = keras.layers.Dense(classes, name="logits")(features)
+    return lossplug.LossModel(inputs, logits, expose=list(expose))
+
+
+def test_design_example_trains_and_logs_every_term():
+    x, y = make_data()
+    model = make_model()
+    model.compile(
+        optimizer="adam",
+        loss=["toy_ce", lossplug.use("toy_center", weight=0.2, num_classes=4)],
+        metrics=["accuracy"],
+    )
+    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, validation_split=0.25)
+    keys = set(history.history)
+    for name in ("loss", "toy_ce", "toy_center", "toy_center_mean_norm", "accuracy"):
+        assert name in keys and f"val_{name}" in keys
+    # Terms are weighted contributions that add up to the total loss.
+    h = history.history
+    for epoch in range(3):
+        assert h["loss"][epoch] == pytest.approx(h["toy_ce"][epoch] + h["toy_center"][epoch], rel=1e-4)
+    assert h["loss"][-1] < h["loss"][0]
+    result = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert set(result) >= {"loss", "toy_ce", "toy_center", "accuracy"}
+
+
+def test_predict_needs_no_targets_and_returns_only_outputs():
+    x, _ = make_data()
+    model = make_model()
+    model.compile(loss=["toy_ce", lossplug.use("toy_center", num_classes=4)])
+    out = model.predict(x, verbose=0)
+    assert out.shape == (128, 4)
+    np.testing.assert_allclose(out, model.inference_model().predict(x, verbose=0), rtol=1e-6)
+
+
+def test_term_value_matches_numpy_with_sample_weights():
+    x, y = make_data(n=64)
+    model = make_model(expose=())
+    model.compile(loss="toy_ce")
+    weights = np.linspace(0.0, 2.0, 64).astype("float32")
+    logits = model.predict(x, verbose=0)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    per_sample = -logp[np.arange(64), y]
+    expected = float(np.sum(per_sample * weights) / 64)
+    result = model.evaluate(x, y, sample_weight=weights, batch_size=64, verbose=0, return_dict=True)
+    assert result["toy_ce"] == pytest.approx(expected, rel=1e-5)
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_state_is_trained_and_saved(tmp_path):
+    x, y = make_data()
+    model = make_model()
+    model.compile("adam", loss=["toy_ce", lossplug.use("toy_center", weight=0.5, num_classes=4)])
+    centers = [w for w in model.weights if w.path.endswith("centers")]
+    assert len(centers) == 1 and centers[0].trainable
+    before = keras.ops.convert_to_numpy(centers[0]).copy()
+    model.fit(x, y, epochs=2, verbose=0)
+    after = keras.ops.convert_to_numpy(centers[0])
+    assert not np.allclose(before, after)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode stays on
+    assert isinstance(loaded, lossplug.LossModel)
+    assert loaded.exposed == ["features"]
+    loaded_centers = [w for w in loaded.weights if w.path.endswith("centers")][0]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded_centers), after)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    r1 = model.evaluate(x, y, verbose=0, return_dict=True)
+    r2 = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    assert r1["toy_center"] == pytest.approx(r2["toy_center"], rel=1e-6)
+    loaded.fit(x, y, epochs=1, verbose=0)  # optimizer state restored and usable
+
+
+def test_epoch_reaches_plugins_and_schedules_without_retracing(toy_plugins):
+    toy_plugins.EpochProbe.calls = 0
+    x, y = make_data(n=32)
+    model = make_model(expose=())
+    ramp = lossplug.schedules.LinearRamp(0.0, 1.0, begin=0, stop=4)
+    model.compile(
+        "sgd",
+        loss=[
+            "toy_ce",
+            lossplug.use("toy_epoch", weight=2.0, display_name="epoch_term"),
+            lossplug.use("toy_epoch", weight=ramp, display_name="ramped"),
+            lossplug.use("toy_epoch", weight=lambda epoch: 10.0 ** -epoch, display_name="custom"),
+        ],
+    )
+    history = model.fit(x, y, epochs=5, batch_size=32, verbose=0)
+    h = history.history
+    assert h["epoch_term"] == pytest.approx([2.0 * e for e in range(5)])
+    assert h["ramped"] == pytest.approx([e * min(e / 4, 1.0) for e in range(5)])
+    assert h["custom"] == pytest.approx([e * 10.0 ** -e for e in range(5)])
+    # Three terms: one probe call each at compile, then one trace of the train step for
+    # all five epochs: the epoch reaches the compiled step through variables.
+    assert toy_plugins.EpochProbe.calls == 3 + 3
+
+
+def test_fit_without_targets_for_self_supervised_terms():
+    x, _ = make_data()
+    inputs = keras.Input((16,), name="x_in")
+    recon = keras.layers.Dense(16, name="recon")(keras.layers.Dense(4)(inputs))
+    model = lossplug.LossModel(inputs, recon)
+    # Keras' mse bound to the input as target: an autoencoder trained with fit(x).
+    model.compile("adam", loss=lossplug.use("toy_epoch"))
+    history = model.fit(x, epochs=1, verbose=0)
+    assert "toy_epoch" in history.history
+
+
+def test_missing_tensor_names_plugin_and_available_tensors():
+    model = make_model(expose=())
+    with pytest.raises(lossplug.MissingTensorError) as info:
+        model.compile(loss=lossplug.use("toy_center", num_classes=4))
+    message = str(info.value)
+    assert "'toy_center'" in message and "'features'" in message
+    assert "Available" in message and "logits" in message and "expose" in message
+
+
+def test_missing_targets_in_fit_are_explained():
+    x, _ = make_data()
+    model = make_model(expose=())
+    model.compile(loss="toy_ce")
+    with pytest.raises(lossplug.MissingTensorError, match="received no targets"):
+        model.fit(x, epochs=1, verbose=0)
+
+
+def test_bind_maps_plugin_tensor_to_model_tensor():
+    x, y = make_data()
+    inputs = keras.Input((16,), name="x_in")
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    logits = keras.layers.Dense(4, name="logits")(hidden)
+    model = lossplug.LossModel(inputs, logits, expose=["hidden"])
+    model.compile(loss=lossplug.use("toy_center", num_classes=4, bind={"features": "hidden"}))
+    assert "toy_center" in model.fit(x, y, epochs=1, verbose=0).history
+    with pytest.raises(lossplug.MissingTensorError, match="does not read"):
+        lossplug.use("toy_center", bind={"embeddings": "hidden"})
+
+
+def test_multi_output_dict_losses_and_names():
+    x, y = make_data()
+    inputs = keras.Input((16,), name="x_in")
+    h = keras.layers.Dense(8, activation="relu", name="features")(inputs)
+    a = keras.layers.Dense(4, name="a")(h)
+    b = keras.layers.Dense(4, name="b")(h)
+    model = lossplug.LossModel(inputs, {"a": a, "b": b}, expose=["features"])
+    model.compile(
+        "adam",
+        loss={"a": "toy_ce", "b": ["toy_ce", "sparse_categorical_crossentropy"]},
+        loss_weights={"a": 1.0, "b": 0.5},
+    )
+    h = model.fit(x, {"a": y, "b": y}, epochs=1, verbose=0).history
+    assert {"a_toy_ce", "b_toy_ce", "b_sparse_categorical_crossentropy"} <= set(h)
+    assert h["loss"][0] == pytest.approx(
+        h["a_toy_ce"][0] + h["b_toy_ce"][0] + h["b_sparse_categorical_crossentropy"][0], rel=1e-4
+    )
+    with pytest.raises(lossplug.CompileError, match="not an output"):
+        model.compile(loss={"c": "toy_ce"})
+    with pytest.raises(lossplug.CompileError, match="3 entries"):
+        model.compile(loss=["toy_ce", "toy_ce", "toy_ce"])
+
+
+def test_unknown_loss_name_in_compile():
+    model = make_model()
+    with pytest.raises(lossplug.UnknownPluginError, match="Did you mean 'toy_ce'"):
+        model.compile(loss="toy_cee")
+
+
+def test_expose_errors():
+    inputs = keras.Input((4,))
+    out = keras.layers.Dense(2, name="out")(inputs)
+    with pytest.raises(lossplug.CompileError, match="no layer named 'nope'"):
+        lossplug.LossModel(inputs, out, expose=["nope"])
+
+
+def test_non_finite_first_step_names_plugin():
+    x, y = make_data()
+    x[0, 0] = np.nan
+    inputs = keras.Input((16,))
+    model = lossplug.LossModel(inputs, keras.layers.Dense(4)(inputs))
+    model.compile(loss="toy_ce")
+    with pytest.raises(lossplug.NonFiniteLossError, match="'toy_ce'"):
+        model.fit(x, y, epochs=1, batch_size=128, verbose=0)
+
+
+def test_get_returns_keras_loss_for_any_model(tmp_path):
+    x, y = make_data()
+    loss = lossplug.get("toy_ce")
+    assert isinstance(loss, keras.losses.Loss)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(4)])
+    model.compile("adam", loss=loss)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "seq.keras")
+    loaded = keras.models.load_model(tmp_path / "seq.keras")
+    assert loaded.loss.plugin == "toy_ce"
+    with pytest.raises(lossplug.MissingTensorError, match="LossModel"):
+        lossplug.get("toy_center")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"jit_compile": True}, {"steps_per_execution": 3}, {"run_eagerly": True}],
+    ids=["jit", "steps_per_execution", "eager"],
+)
+def test_execution_modes_agree(options):
+    x, y = make_data(n=96)
+    results = []
+    for opts in ({}, options):
+        keras.utils.set_random_seed(1)
+        model = make_model()
+        model.compile(
+            keras.optimizers.SGD(0.05),
+            loss=["toy_ce", lossplug.use("toy_center", weight=0.1, num_classes=4)],
+            **opts,
+        )
+        h = model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0).history
+        results.append(h)
+    for key in ("loss", "toy_ce", "toy_center"):
+        np.testing.assert_allclose(results[0][key], results[1][key], rtol=2e-4)
+
+
+def test_mixed_precision_losses_in_float32():
+    x, y = make_data()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = make_model()
+        model.compile("adam", loss=["toy_ce", lossplug.use("toy_center", num_classes=4)])
+        assert model.output.dtype == "float16"
+        h = model.fit(x, y, epochs=2, verbose=0).history
+        assert all(np.isfinite(h["loss"]))
+        assert h["loss"][-1] < h["loss"][0]
+        centers = [w for w in model.weights if w.path.endswith("centers")][0]
+        assert centers.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
