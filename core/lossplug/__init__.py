@@ -9,6 +9,7 @@ is imported on first access.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from . import properties
@@ -85,6 +86,19 @@ def available() -> list[str]:
     """Names of every installed or registered (not disabled) loss plugin."""
     return registry.names()
 
+
+def _register_keras_objects() -> None:
+    """Import the Keras-side modules so ``keras.models.load_model`` finds LossModel, Term..."""
+    for module in ("lossplug.model", "lossplug.keras_loss"):
+        importlib.import_module(module)
+
+
+# Listing plugins must stay cheap (no TensorFlow), so the Keras side is imported
+# lazily. When Keras is already imported (a training script did ``import keras``
+# first), register lossplug's serializable classes right away so that
+# ``keras.models.load_model`` works after a bare ``import lossplug``.
+if "keras" in sys.modules:
+    _register_keras_objects()
 
 __all__ = [
     "API_VERSION",

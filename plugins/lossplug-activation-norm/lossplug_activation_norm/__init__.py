@@ -1,0 +1,64 @@
+"""A metric plugin: the mean squared L2 norm of a layer's activations.
+
+For activations a of shape (B, ...) (bind ``activations`` to an exposed layer)::
+
+    activation_norm = (1 / B) * sum_b ||a_b||^2,   ||a_b||^2 = sum over every non-batch axis of a_b^2
+
+computed in float32 and shown in the progress bar and ``History`` while training
+(and under ``val_`` on validation data); the epoch value is the mean over all
+samples of the epoch. The plugin returns no loss (its spec declares
+``returns="metrics"``), so it never changes training: use it to watch
+activations grow or collapse. To *penalise* them instead, use a loss plugin
+such as ``bind`` with ``loss="mse"`` against zeros, or an activity regulariser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from keras import ops
+
+import lossplug
+from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec
+
+
+@attrs.frozen
+class Config:
+    """``activation_norm`` has no hyper-parameters."""
+
+
+def squared_norms(activations: Any) -> Any:
+    """||a_b||^2 per sample, shape (B,), in float32 (a (B,) tensor is one unit per sample)."""
+    a = ops.cast(ops.convert_to_tensor(activations), "float32")
+    squares = ops.square(a)
+    axes = tuple(range(1, len(a.shape)))
+    return ops.sum(squares, axis=axes) if axes else squares
+
+
+@lossplug.hookimpl
+def lossplug_spec() -> PluginSpec:
+    return PluginSpec(
+        name="activation_norm",
+        description="metric: mean squared L2 norm of a layer's activations",
+        config=Config,
+        tensors=(
+            TensorSpec(
+                "activations", Kind.REAL, shape=("B", "D"),
+                description="activations of shape (B, ...); bind to an exposed layer",
+            ),
+        ),
+        returns="metrics",
+    )
+
+
+@lossplug.hookimpl
+def build_loss_graph(
+    inputs: Mapping[str, Any], outputs: Mapping[str, Any], extras: lossplug.Extras
+) -> LossResult:
+    value = ops.mean(squared_norms(outputs["activations"]))
+    return LossResult(loss=None, metrics={"activation_norm": Metric(value, aggregation="mean")})
+
+
+__all__ = ["Config", "build_loss_graph", "lossplug_spec", "squared_norms"]

@@ -1,0 +1,120 @@
+"""NumPy helpers behind the properties the focal plugin claims (no TensorFlow at import)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+from lossplug.properties import Example
+
+_EPS = 1e-7  # keras.config.epsilon() default, used for probabilities
+
+
+def is_sparse(true_shape: tuple[int, ...], pred_shape: tuple[int, ...]) -> bool:
+    """Same rule as :func:`lossplug_focal.loss.is_sparse`."""
+    if len(true_shape) == len(pred_shape) - 1:
+        return True
+    return (
+        len(true_shape) == len(pred_shape)
+        and len(true_shape) > 0
+        and true_shape[-1] == 1
+        and pred_shape[-1] != 1
+    )
+
+
+def dense_targets(y_true: Any, pred_shape: tuple[int, ...], mode: str) -> np.ndarray:
+    """Same rule as :func:`lossplug_focal.loss.dense_targets`, in NumPy."""
+    y_true = np.asarray(y_true)
+    num_classes = pred_shape[-1]
+    if is_sparse(y_true.shape, pred_shape):
+        ids = y_true.reshape(pred_shape[:-1])
+        if mode == "binary" and num_classes == 1:
+            return ids.astype(np.float64)[..., None]
+        return np.eye(num_classes, dtype=np.float64)[ids.astype(np.int64)]
+    return y_true.astype(np.float64)
+
+
+def cross_entropy_reference(example: Example) -> np.ndarray:
+    """Keras' cross-entropy per sample: categorical (or sparse) or binary, by ``mode``."""
+    import keras
+
+    cfg = example.config
+    y_true = np.asarray(example.inputs["y_true"])
+    y_pred = np.asarray(example.outputs["y_pred"], dtype=np.float32)
+    if cfg.mode == "binary":
+        target = dense_targets(y_true, y_pred.shape, "binary").astype(np.float32)
+        value = keras.losses.binary_crossentropy(target, y_pred, from_logits=cfg.from_logits)
+    elif is_sparse(y_true.shape, y_pred.shape):
+        value = keras.losses.sparse_categorical_crossentropy(
+            y_true.astype(np.int64), y_pred, from_logits=cfg.from_logits
+        )
+    else:
+        value = keras.losses.categorical_crossentropy(
+            y_true.astype(np.float32), y_pred, from_logits=cfg.from_logits
+        )
+    return keras.ops.convert_to_numpy(value)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _hard_example(example: Example) -> tuple[Example, np.ndarray]:
+    """The example with hard targets, and p_t, the probability given to each target.
+
+    Categorical: targets become class ids (arg-max of one-hot / soft rows).
+    Binary: every element becomes its own example of shape (1,), target rounded.
+    """
+    cfg = example.config
+    y_pred = np.asarray(example.outputs["y_pred"], dtype=np.float64)
+    target = dense_targets(example.inputs["y_true"], y_pred.shape, cfg.mode)
+    if cfg.mode == "binary":
+        t = np.round(target).reshape(-1, 1)
+        z = y_pred.reshape(-1, 1)
+        if cfg.from_logits:
+            p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
+        else:
+            p = np.clip(z, _EPS, 1.0 - _EPS)
+        p_t = np.where(t == 1, p, 1.0 - p)[:, 0]
+        dtype = np.asarray(example.outputs["y_pred"]).dtype
+        hard = example.replace(
+            inputs={**example.inputs, "y_true": t.astype(np.float32)},
+            outputs={**example.outputs, "y_pred": z.astype(dtype)},
+        )
+        return hard, p_t
+    ids = np.argmax(target, axis=-1)
+    if cfg.from_logits:
+        p = _softmax(y_pred)
+    else:
+        p = np.clip(y_pred, _EPS, 1.0)
+        p = np.clip(p / p.sum(axis=-1, keepdims=True), _EPS, 1.0 - _EPS)
+    p_t = np.take_along_axis(p, ids[..., None], axis=-1)[..., 0]
+    return example.with_tensor("y_true", ids.astype(np.int64)), p_t
+
+
+def check_down_weighting(example: Example, loss_fn: Callable[[Example], Any]) -> None:
+    """Without alpha, focal = (1 - p_t)^gamma * cross-entropy for each hard target.
+
+    So an example classified with p_t > 0.5 keeps at most 0.5^gamma of its
+    cross-entropy, and the better it is classified the smaller that share.
+    """
+    hard, p_t = _hard_example(example)
+    gamma = float(example.config.gamma)
+    focal = np.asarray(
+        loss_fn(hard.replace(config=attrs.evolve(example.config, alpha=None))), dtype=np.float64
+    )
+    ce = np.asarray(
+        loss_fn(hard.replace(config=attrs.evolve(example.config, alpha=None, gamma=0.0))),
+        dtype=np.float64,
+    )
+    expected = (1.0 - p_t) ** gamma * ce
+    np.testing.assert_allclose(focal, expected, rtol=2e-3, atol=1e-5)
+    well = p_t > 0.5
+    assert np.all(focal[well] <= 0.5**gamma * ce[well] * (1 + 1e-4) + 1e-6), (
+        f"well-classified examples (p_t > 0.5) keep more than 0.5^gamma of their "
+        f"cross-entropy: focal={focal[well]}, ce={ce[well]}, gamma={gamma}"
+    )

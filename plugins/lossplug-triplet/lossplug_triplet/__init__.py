@@ -1,0 +1,258 @@
+"""lossplug plugin ``triplet``: the triplet margin (ranking) loss.
+
+For an anchor a, a positive p (same identity) and a negative n (another
+identity), with a distance d:
+
+    h(a, p, n) = max(0, m + d(a, p) - d(a, n))
+
+which is zero once the negative is farther from the anchor than the positive
+by at least the margin m. With ``metric="cosine"``, d(x, y) = 1 - cos(x, y), so
+h = max(0, m + cos(a, n) - cos(a, p)): the similarity form of the same loss.
+
+Two modes, chosen with ``mode``:
+
+``explicit``
+    three tensors ``anchor``, ``positive`` and ``negative`` (model outputs of
+    shape (B, dim), e.g. a question encoder and the encoders of a right and a
+    wrong answer); the loss is per sample, loss_i = h(anchor_i, positive_i,
+    negative_i), and the core reduces it (sample weights, distribution).
+
+``mining`` (default)
+    ``embeddings`` (model output, (B, dim)) and sparse labels ``y_true``;
+    triplets are mined inside the batch with ``mining`` = ``batch_all``,
+    ``batch_hard`` or ``semi_hard`` (see :mod:`lossplug_triplet.mining`) in
+    O(B^2) memory, and the loss is one scalar for the batch (sample weights
+    weight the anchors). A batch without any valid triplet gives exactly 0.
+
+The spec declares ``returns="scalar"`` and ``batch_coupled=True`` (the
+default mode, mining); explicit mode returns per-sample values, which the core
+accepts at run time and reduces like any per-sample loss.
+
+Metric ``active_fraction``: the fraction of the scored triplets whose hinge is
+positive (explicit mode: of the samples).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+import lossplug
+from lossplug import Kind, LossResult, PluginConfigError, PluginSpec, TensorSpec, param
+from lossplug.properties import Custom, NonNegative, ZeroAtPerfect
+
+from .claims import check_cosine_scale_invariance, perfect_example
+from .distances import METRICS
+from .mining import AVERAGES, STRATEGIES
+
+__all__ = ["Config", "build_loss_graph", "lossplug_spec", "triplet_loss"]
+
+MODES = ("mining", "explicit")
+EXPLICIT_TENSORS = ("anchor", "positive", "negative")
+MINING_TENSORS = ("embeddings", "y_true")
+
+
+@attrs.frozen
+class Config:
+    """Hyper-parameters of ``triplet``."""
+
+    mode: str = param(
+        "mining",
+        choices=MODES,
+        doc="'mining': embeddings + labels, triplets mined in the batch (scalar loss); "
+        "'explicit': anchor/positive/negative tensors (per-sample loss)",
+    )
+    margin: float = param(
+        1.0, low=0.0, doc="m in max(0, m + d(a, p) - d(a, n)); must be < 2 for metric='cosine'"
+    )
+    metric: str = param(
+        "euclidean",
+        choices=METRICS,
+        doc="distance d: ||x - y||, ||x - y||^2, or 1 - cos(x, y)",
+    )
+    mining: str = param(
+        "batch_all",
+        choices=STRATEGIES,
+        doc="mode='mining' only: every valid triplet, the hardest per anchor, or "
+        "semi-hard negatives per positive pair",
+    )
+    average: str = param(
+        "valid",
+        choices=AVERAGES,
+        doc="mode='mining' only: average the hinge over all valid triplets, or only over "
+        "active ones (positive hinge, like pytorch-metric-learning's AvgNonZeroReducer)",
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.metric == "cosine" and self.margin >= 2.0:
+            raise PluginConfigError(
+                f"margin={self.margin!r} with metric='cosine': cosine distances lie in [0, 2], "
+                "so a margin >= 2 can never be met; use a margin below 2 (typically 0.1 to 0.5)"
+            )
+        if self.mode == "explicit" and self.average != "valid":
+            raise PluginConfigError(
+                f"average={self.average!r} applies to mode='mining' only; in mode='explicit' the "
+                "loss is per sample and the core averages it (leave average='valid')"
+            )
+
+
+TENSORS = (
+    TensorSpec(
+        "embeddings",
+        Kind.EMBEDDINGS,
+        source="outputs",
+        shape=("B", "D"),
+        optional=True,
+        description="mode='mining': the embeddings to mine triplets from",
+    ),
+    TensorSpec(
+        "y_true",
+        Kind.SPARSE_LABELS,
+        source="inputs",
+        shape=("B",),
+        classes="C",
+        optional=True,
+        description="mode='mining': integer identity labels of the embeddings",
+    ),
+    TensorSpec(
+        "anchor",
+        Kind.EMBEDDINGS,
+        source="outputs",
+        shape=("B", "D"),
+        optional=True,
+        description="mode='explicit': anchor embeddings",
+    ),
+    TensorSpec(
+        "positive",
+        Kind.EMBEDDINGS,
+        source="outputs",
+        shape=("B", "D"),
+        optional=True,
+        description="mode='explicit': embeddings that should be close to the anchor",
+    ),
+    TensorSpec(
+        "negative",
+        Kind.EMBEDDINGS,
+        source="outputs",
+        shape=("B", "D"),
+        optional=True,
+        description="mode='explicit': embeddings that should be far from the anchor",
+    ),
+)
+
+SPEC = PluginSpec(
+    name="triplet",
+    description="Triplet margin loss: explicit anchor/positive/negative, or in-batch mining.",
+    config=Config,
+    tensors=TENSORS,
+    properties=(
+        NonNegative(),
+        ZeroAtPerfect(
+            perfect=perfect_example,
+            atol=1e-5,
+            description="embeddings where every negative is farther than every positive by "
+            "more than the margin",
+        ),
+        Custom(
+            "cosine_scale_invariance",
+            check=check_cosine_scale_invariance,
+            description="with metric='cosine', rescaling each embedding by a positive factor "
+            "in [0.1, 10] leaves the loss unchanged",
+        ),
+    ),
+    batch_coupled=True,
+    returns="scalar",
+)
+
+
+@lossplug.hookimpl
+def lossplug_spec() -> PluginSpec:
+    return SPEC
+
+
+def _require(mapping: Any, name: str, source: str, config: Config, needed: tuple[str, ...]) -> Any:
+    value = mapping.get(name)
+    if value is None:
+        raise lossplug.MissingTensorError(
+            f"loss plugin 'triplet' (mode={config.mode!r}) needs the tensors "
+            f"{', '.join(needed)}; {source}[{name!r}] is missing. Expose a layer with that name "
+            f"(LossModel(..., expose=[...])) or bind it, e.g. "
+            f"lossplug.use('triplet', bind={{{name!r}: 'your_layer'}})"
+            + (
+                "; in mining mode y_true comes from fit(x, y)"
+                if name == "y_true"
+                else ""
+            )
+        )
+    return value
+
+
+def triplet_loss(
+    inputs: Any, outputs: Any, config: Config, *, sample_weight: Any = None, gather: Any = None
+) -> LossResult:
+    """The triplet loss for ``config`` (what :func:`build_loss_graph` computes).
+
+    ``gather`` (optional) concatenates a tensor over replicas; in mining mode it
+    is applied to the embeddings, labels and sample weights before mining.
+    """
+    from keras import ops
+
+    from .distances import compute_dtype, paired_distance, pairwise_distances
+    from .mining import mine
+
+    if config.mode == "explicit":
+        anchor, pos, neg = (
+            _require(outputs, name, "outputs", config, EXPLICIT_TENSORS)
+            for name in EXPLICIT_TENSORS
+        )
+        dtype = compute_dtype(anchor)
+        anchor, pos, neg = (ops.cast(t, dtype) for t in (anchor, pos, neg))
+        d_ap = paired_distance(anchor, pos, config.metric)
+        d_an = paired_distance(anchor, neg, config.metric)
+        loss = ops.relu(config.margin + d_ap - d_an)
+        active = ops.mean(ops.cast(loss > 0, "float32"))
+        return LossResult(loss=loss, metrics={"active_fraction": active})
+
+    embeddings = _require(outputs, "embeddings", "outputs", config, MINING_TENSORS)
+    labels = _require(inputs, "y_true", "inputs", config, MINING_TENSORS)
+    dtype = compute_dtype(embeddings)
+    embeddings = ops.cast(embeddings, dtype)
+    if len(embeddings.shape) != 2:
+        raise lossplug.PluginResultError(
+            f"loss plugin 'triplet' (mode='mining') needs embeddings of shape (batch, dim), "
+            f"got shape {tuple(embeddings.shape)}; flatten or pool them first"
+        )
+    labels = ops.reshape(labels, (-1,))
+    weights = None if sample_weight is None else ops.reshape(ops.cast(sample_weight, dtype), (-1,))
+    if gather is not None:
+        embeddings = gather(embeddings)
+        labels = gather(labels)
+        if weights is not None:
+            weights = gather(weights)
+    distances = pairwise_distances(embeddings, config.metric)
+    result = mine(
+        distances,
+        labels,
+        margin=config.margin,
+        strategy=config.mining,
+        average=config.average,
+        weights=weights,
+    )
+    return LossResult(loss=result.loss, metrics={"active_fraction": result.active_fraction})
+
+
+@lossplug.hookimpl
+def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
+    """Compute the triplet loss of one batch (see the module docstring for the math)."""
+    config = extras.config
+    gather = None
+    if config.mode == "mining" and extras.global_batch and extras.num_replicas > 1:
+        gather = extras.all_gather
+    return triplet_loss(
+        inputs,
+        outputs,
+        config,
+        sample_weight=extras.sample_weight if config.mode == "mining" else None,
+        gather=gather,
+    )

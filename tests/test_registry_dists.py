@@ -1,0 +1,234 @@
+"""The registry and the command against real, pip-installed plugin distributions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from distfactory import pip_install, run_python, write_dist
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """One target directory with a good, a broken, two conflicting and an old-API plugin."""
+    root = tmp_path_factory.mktemp("projects")
+    target = tmp_path_factory.mktemp("site")
+    projects = [
+        write_dist(root, "lossplug-t-good", "t_good", description="a good test loss"),
+        write_dist(root, "lossplug-t-broken", "t_broken",
+                   module_source="import not_a_real_module_xyz\n"),
+        write_dist(root, "lossplug-t-dup-a", "t_dup"),
+        write_dist(root, "lossplug-t-dup-b", "t_dup"),
+        write_dist(root, "lossplug-t-oldapi", "t_oldapi", api_version=99),
+        write_dist(root, "lossplug-t-misnamed", "t_misnamed",
+                   module_source=_renamed_source()),
+    ]
+    pip_install(projects, target)
+    return target
+
+
+def _renamed_source() -> str:
+    from distfactory import GOOD_MODULE
+
+    return GOOD_MODULE.format(name="something_else", description="x", api_version=1)
+
+
+def list_json(site, env=None):
+    proc = run_python(
+        "import sys, lossplug.cli; sys.exit(lossplug.cli.main(['list', '--json']))", site, env
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {(row["name"], row["distribution"]): row for row in json.loads(proc.stdout)}
+
+
+def test_list_shows_installed_distributions_from_metadata(site):
+    rows = list_json(site)
+    good = rows[("t_good", "lossplug-t-good")]
+    assert good["version"] == "1.2.3"
+    assert good["description"] == "a good test loss"
+    assert good["status"] == "available"
+    assert rows[("t_dup", "lossplug-t-dup-a")]["status"] == "conflict"
+    assert "lossplug-t-dup-b" in rows[("t_dup", "lossplug-t-dup-a")]["detail"]
+
+
+def test_listing_imports_neither_tensorflow_nor_plugins(site):
+    proc = run_python(
+        """
+        import sys, io, contextlib, lossplug.cli
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert lossplug.cli.main(['list']) == 0
+        heavy = sorted(m for m in sys.modules
+                       if m.split('.')[0] in {'tensorflow', 'keras'} or m.startswith('lossplug_t_'))
+        print(heavy)
+        """,
+        site,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_list_load_reports_broken_plugin_and_others_still_work(site):
+    proc = run_python(
+        "import sys, lossplug.cli; sys.exit(lossplug.cli.main(['list', '--json', '--load']))", site
+    )
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["t_broken"]["status"] == "failed"
+    assert "not_a_real_module_xyz" in rows["t_broken"]["detail"]
+    assert rows["t_good"]["status"] == "loaded"
+    assert rows["t_oldapi"]["status"] == "failed"
+    assert "API version 99" in rows["t_oldapi"]["detail"]
+
+
+def test_broken_plugin_error_on_use(site):
+    proc = run_python(
+        """
+        import lossplug
+        try:
+            lossplug.use('t_broken')
+        except lossplug.PluginLoadError as exc:
+            print('ERR', exc)
+        print('GOOD', lossplug.use('t_good', scale=2.0).config)
+        """,
+        site,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERR loss plugin 't_broken' from distribution lossplug-t-broken 1.2.3 failed to import" in proc.stdout
+    assert "ModuleNotFoundError" in proc.stdout and "LOSSPLUG_DISABLE=t_broken" in proc.stdout
+    assert "GOOD Config(scale=2.0)" in proc.stdout
+
+
+def test_conflict_names_both_and_qualified_name_picks_one(site):
+    proc = run_python(
+        """
+        import lossplug
+        try:
+            lossplug.use('t_dup')
+        except lossplug.PluginConflictError as exc:
+            print('ERR', exc)
+        term = lossplug.use('lossplug-t-dup-b:t_dup')
+        print('PICKED', term.distribution)
+        """,
+        site,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "lossplug-t-dup-a 1.2.3" in proc.stdout and "lossplug-t-dup-b 1.2.3" in proc.stdout
+    assert "'lossplug-t-dup-a:t_dup' or 'lossplug-t-dup-b:t_dup'" in proc.stdout
+    assert "PICKED lossplug-t-dup-b" in proc.stdout
+
+
+def test_disabled_plugin_by_environment(site):
+    env = {"LOSSPLUG_DISABLE": "t_good,lossplug-t-dup-a:t_dup"}
+    rows = list_json(site, env)
+    assert rows[("t_good", "lossplug-t-good")]["status"] == "disabled"
+    assert rows[("t_dup", "lossplug-t-dup-b")]["status"] == "available"  # conflict resolved
+    proc = run_python(
+        """
+        import lossplug
+        try:
+            lossplug.use('t_good')
+        except lossplug.UnknownPluginError as exc:
+            print('ERR', exc)
+        """,
+        site,
+        env,
+    )
+    assert "is installed (lossplug-t-good) but disabled by LOSSPLUG_DISABLE" in proc.stdout
+
+
+def test_autoload_off_hides_entry_points(site):
+    rows = list_json(site, {"LOSSPLUG_DISABLE_AUTOLOAD": "1"})
+    assert rows == {}
+    proc = run_python(
+        """
+        import lossplug
+        try:
+            lossplug.use('t_good')
+        except lossplug.UnknownPluginError as exc:
+            print('ERR', exc)
+        """,
+        site,
+        {"LOSSPLUG_DISABLE_AUTOLOAD": "1"},
+    )
+    assert "Entry points are ignored because LOSSPLUG_DISABLE_AUTOLOAD is set" in proc.stdout
+
+
+def test_api_version_mismatch_names_both_versions(site):
+    proc = run_python(
+        """
+        import lossplug
+        try:
+            lossplug.use('t_oldapi')
+        except lossplug.APIVersionError as exc:
+            print('ERR', exc)
+        """,
+        site,
+    )
+    assert "built for lossplug plugin API version 99" in proc.stdout
+    assert "implements API version 1" in proc.stdout
+
+
+def test_spec_name_must_match_entry_point(site):
+    proc = run_python(
+        """
+        import lossplug
+        try:
+            lossplug.use('t_misnamed')
+        except lossplug.InvalidSpecError as exc:
+            print('ERR', exc)
+        """,
+        site,
+    )
+    assert "declares the name 'something_else'" in proc.stdout
+
+
+def test_unknown_name_suggests_and_lists(site):
+    proc = run_python(
+        "import sys, lossplug.cli; sys.exit(lossplug.cli.main(['info', 't_goood']))", site
+    )
+    assert proc.returncode == 2
+    assert "Did you mean 't_good'?" in proc.stderr
+    assert "Installed plugins:" in proc.stderr and "t_dup" in proc.stderr
+
+
+def test_info_shows_config_tensors_and_properties(site):
+    proc = run_python(
+        "import sys, lossplug.cli; sys.exit(lossplug.cli.main(['info', 't_good']))",
+        site, {"COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "scale" in out and "in [0.0, inf]" in out and "multiplies the loss" in out
+    assert "y_true" in out and "inputs" in out and "(B, D)" in out
+    assert "loss >= 0" in out
+
+
+def test_trains_by_name_and_missing_plugin_on_load(site, tmp_path):
+    model_path = tmp_path / "m.keras"
+    code = f"""
+        import numpy as np, keras, lossplug
+        inputs = keras.Input((3,))
+        model = lossplug.LossModel(inputs, keras.layers.Dense(3)(inputs))
+        model.compile('sgd', loss='t_good')
+        h = model.fit(np.ones((8, 3)), np.zeros((8, 3)), epochs=1, verbose=0)
+        print('TERMS', sorted(h.history))
+        model.save({str(model_path)!r})
+    """
+    proc = run_python(code, site)
+    assert proc.returncode == 0, proc.stderr
+    assert "TERMS ['loss', 't_good']" in proc.stdout
+    # Load where the plugin is disabled (as good as not installed here).
+    proc = run_python(
+        f"""
+        import keras, lossplug
+        try:
+            keras.models.load_model({str(model_path)!r})
+        except Exception as exc:
+            print('ERR', type(exc).__name__, exc)
+        """,
+        site,
+        {"LOSSPLUG_DISABLE": "t_good"},
+    )
+    assert "PluginNotInstalledError" in proc.stdout, proc.stdout + proc.stderr
+    assert "pip install lossplug-t-good==1.2.3" in proc.stdout
