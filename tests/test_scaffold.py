@@ -1,4 +1,4 @@
-"""``lossplug new``: the scaffolded distribution is valid, installs, and passes the kit unchanged."""
+"""``lossplug new``: the scaffolded distribution is valid, installs and passes the kit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from lossplug import cli
 from lossplug.scaffold import ScaffoldError, scaffold
 
@@ -40,9 +39,7 @@ def test_pyproject_declares_the_entry_point(tmp_path: Path) -> None:
     assert project["project"]["name"] == "lossplug-my-loss"
     assert project["project"]["authors"] == [{"name": 'Ada "A" Lovelace'}]
     assert project["project"]["entry-points"]["lossplug"] == {"my_loss": "lossplug_my_loss"}
-    assert project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [
-        "lossplug_my_loss"
-    ]
+    assert project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == ["lossplug_my_loss"]
     (dependency,) = project["project"]["dependencies"]
     assert dependency.startswith("lossplug>=0.1,<0.2")
 

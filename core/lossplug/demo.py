@@ -27,12 +27,14 @@ from .errors import LossplugError
 
 REQUIRED_PLUGINS = {"label_smoothing": "lossplug-label-smoothing", "center": "lossplug-center"}
 NUM_CLASSES = 10
-CENTER_WEIGHT = float(os.environ.get("CW_DEV", "0.05"))
+CENTER_WEIGHT = 0.5
 EPSILON = 0.1
 SEED = 0
-LEARNING_RATE = float(os.environ.get("LR_DEV", "1e-2"))
+LEARNING_RATE = 1e-2
 BASELINE = "cross-entropy"
 CENTER = "label smoothing + center"
+#: the terms of each model, in compile order (their History keys)
+TERMS = {BASELINE: ["sparse_categorical_crossentropy"], CENTER: ["label_smoothing", "center"]}
 
 
 class DemoError(LossplugError, RuntimeError):
@@ -196,13 +198,12 @@ def train(
 
 
 # ----------------------------------------------------------------------------- numbers
-def term_columns(history: dict[str, list[float]]) -> list[str]:
-    """History keys of the training side: ``loss``, then each term/metric, accuracy last."""
+def term_columns(history: dict[str, list[float]], first: list[str] = ()) -> list[str]:
+    """History keys of the training side: ``loss``, the terms ``first``, the rest, accuracy last."""
     keys = [k for k in history if not k.startswith("val_")]
-    rest = [k for k in keys if k not in ("loss", "accuracy")]
-    return (["loss"] if "loss" in keys else []) + rest + (
-        ["accuracy"] if "accuracy" in keys else []
-    )
+    head = [k for k in ("loss", *first) if k in keys]
+    rest = [k for k in keys if k not in head and k != "accuracy"]
+    return head + rest + (["accuracy"] if "accuracy" in keys else [])
 
 
 def class_spread(features: Any, labels: Any) -> float:
@@ -224,10 +225,10 @@ def class_spread(features: Any, labels: Any) -> float:
     return float(within / between) if between > 0 else float("inf")
 
 
-def epoch_table(title: str, history: dict[str, list[float]]) -> Any:
+def epoch_table(title: str, history: dict[str, list[float]], first: list[str] = ()) -> Any:
     from rich.table import Table
 
-    columns = term_columns(history)
+    columns = term_columns(history, first)
     table = Table(title=title, title_justify="left", title_style="bold")
     table.add_column("epoch", justify="right")
     for column in columns:
@@ -239,18 +240,28 @@ def epoch_table(title: str, history: dict[str, list[float]]) -> Any:
     for epoch in range(epochs):
         cells = [str(epoch + 1)]
         cells += [f"{history[c][epoch]:.4f}" for c in columns]
-        cells += [
-            f"{history[c][epoch]:.4f}" for c in ("val_loss", "val_accuracy") if c in history
-        ]
+        cells += [f"{history[c][epoch]:.4f}" for c in ("val_loss", "val_accuracy") if c in history]
         table.add_row(*cells)
     return table
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_features(
-    path: Path, panels: list[tuple[str, Any, Any]], accuracies: dict[str, float]
-) -> None:
-    """Side-by-side scatter plots of 2-D features coloured by class, class ids at class means."""
+def learned_centers(model: Any) -> Any:
+    """The ``center`` plugin's class centres (its state variable ``centers``), or None."""
+    import keras
+
+    for weight in model.weights:
+        if weight.path.split("/")[-1].startswith("centers"):
+            return keras.ops.convert_to_numpy(weight)
+    return None
+
+
+def plot_features(path: Path, panels: list[dict[str, Any]]) -> None:
+    """Side-by-side scatter plots of 2-D features coloured by class, digits at class means.
+
+    Each panel is a dict with ``name``, ``features`` (N, 2), ``labels`` (N,),
+    ``accuracy`` and optionally ``centers`` (10, 2), drawn as black crosses.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,47 +270,63 @@ def plot_features(
     import numpy as np
 
     colors = plt.get_cmap("tab10").colors
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 6.0))
-    for ax, (name, features, labels) in zip(np.atleast_1d(axes), panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 6.2))
+    axes = np.atleast_1d(axes)
+    for ax, panel in zip(axes, panels, strict=True):
+        features, labels = panel["features"], panel["labels"]
         for c in range(NUM_CLASSES):
             points = features[labels == c]
             ax.scatter(
                 points[:, 0], points[:, 1], s=11, color=colors[c], alpha=0.75,
                 linewidths=0, label=str(c),
             )  # fmt: skip
+        centers = panel.get("centers")
+        if centers is not None:
+            ax.scatter(
+                centers[:, 0], centers[:, 1], marker="X", s=70, color="black",
+                edgecolors="white", linewidths=0.8, label="learned centre", zorder=3,
+            )  # fmt: skip
         for c in range(NUM_CLASSES):
             points = features[labels == c]
             if len(points):
                 mx, my = points.mean(axis=0)
-                ax.text(
-                    mx, my, str(c), fontsize=15, fontweight="bold", ha="center", va="center",
-                    color=colors[c],
+                ax.annotate(
+                    str(c), (mx, my), xytext=(9, 9), textcoords="offset points",
+                    fontsize=15, fontweight="bold", ha="center", va="center",
+                    color=colors[c], zorder=4,
                     path_effects=[effects.withStroke(linewidth=3.5, foreground="white")],
                 )  # fmt: skip
         ax.set_aspect("equal", adjustable="datalim")
         spread = class_spread(features, labels)
         ax.set_title(
-            f"{name}\ntest accuracy {accuracies[name]:.3f}   class spread {spread:.2f}",
+            f"{panel['name']}\ntest accuracy {panel['accuracy']:.3f}    class spread {spread:.2f}",
             fontsize=12,
         )
         ax.set_xlabel("feature 1")
         ax.set_ylabel("feature 2")
         ax.grid(alpha=0.25)
-    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
     fig.legend(
-        handles, labels, loc="center right", title="digit", markerscale=2.2, frameon=False
-    )
+        list(handles.values()), list(handles.keys()), loc="center right", title="digit",
+        markerscale=1.5, frameon=False,
+    )  # fmt: skip
     fig.suptitle(
-        "2-D features of the digits test set (class spread = within-class / between-class "
-        "distance, lower is tighter)",
+        "2-D features of the digits test set, one colour per digit\n"
+        "class spread = mean distance to the class mean / mean distance between class means "
+        "(lower is tighter)",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0, 0.95, 0.97))
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_losses(path: Path, histories: dict[str, dict[str, list[float]]]) -> None:
+def plot_losses(
+    path: Path, histories: dict[str, dict[str, list[float]]], order: dict[str, list[str]]
+) -> None:
     """One panel per model: every loss term per epoch, training solid, held-out dashed."""
     import matplotlib
 
@@ -308,37 +335,37 @@ def plot_losses(path: Path, histories: dict[str, dict[str, list[float]]]) -> Non
     import numpy as np
 
     colors = plt.get_cmap("tab10").colors
-    fig, axes = plt.subplots(1, len(histories), figsize=(6.2 * len(histories), 4.6))
+    fig, axes = plt.subplots(1, len(histories), figsize=(6.2 * len(histories), 5.0))
     for ax, (name, history) in zip(np.atleast_1d(axes), histories.items(), strict=True):
-        terms = [c for c in term_columns(history) if c != "accuracy"]
+        terms = [c for c in term_columns(history, order.get(name, [])) if c != "accuracy"]
         epochs = np.arange(1, len(history["loss"]) + 1)
-        positive = True
+        values = [v for t in terms for key in (t, f"val_{t}") for v in history.get(key, [])]
+        positive = bool(values) and min(values) > 0
         for i, term in enumerate(terms):
-            color = colors[i % len(colors)]
-            width = 2.4 if term == "loss" else 1.6
-            ax.plot(epochs, history[term], color=color, lw=width, marker="o", ms=3, label=term)
+            if term == "loss":
+                style = {"color": "black", "lw": 3.2, "alpha": 0.35, "zorder": 1}
+            else:
+                style = {"color": colors[i - 1], "lw": 1.8, "zorder": 2}
+            ax.plot(epochs, history[term], marker="o", ms=3, label=term, **style)
             if f"val_{term}" in history:
-                ax.plot(
-                    epochs, history[f"val_{term}"], color=color, lw=1.2, ls="--",
-                    label=f"val_{term}",
-                )  # fmt: skip
-                positive &= min(history[f"val_{term}"]) > 0
-            positive &= min(history[term]) > 0
+                ax.plot(epochs, history[f"val_{term}"], ls="--", label=f"val_{term}", **style)
         if positive:
             ax.set_yscale("log")
         ax.set_title(name, fontsize=12)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("weighted term (log scale)" if positive else "weighted term")
+        ax.set_ylabel("weighted term" + (" (log scale)" if positive else ""))
         if len(epochs) <= 20:
             ax.set_xticks(epochs)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, ncol=2)
+        ax.legend(
+            fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False
+        )
     fig.suptitle(
-        "Loss terms per epoch, as History logs them (each term is its weighted contribution; "
-        "they add up to loss)",
+        "Loss terms per epoch as History logs them: each term is its weighted contribution, "
+        "they add up to loss\n(solid: training batches, dashed: test set)",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -364,7 +391,7 @@ def run_demo(args: argparse.Namespace) -> int:
         import keras
 
         data = load_data(args.smoke)
-    x_train, y_train, x_test, y_test = data
+    x_train, _, x_test, y_test = data
     console.print(
         f"[bold]lossplug demo[/bold]: scikit-learn digits, {len(x_train)} training and "
         f"{len(x_test)} test images, {epochs} epochs, a 2-D feature layer"
@@ -380,35 +407,41 @@ def run_demo(args: argparse.Namespace) -> int:
     histories = train(models, data, epochs, batch_size=32, console=console)
 
     for name, history in histories.items():
-        console.print(epoch_table(f"{name}: History per epoch", history))
+        console.print(epoch_table(f"{name}: History per epoch", history, TERMS[name]))
 
     from rich.table import Table
 
     summary = Table(title="test set", title_justify="left", title_style="bold")
     for column in ("model", "test accuracy", "test loss", "class spread (lower = tighter)"):
         summary.add_column(column, justify="left" if column == "model" else "right")
-    accuracies: dict[str, float] = {}
     panels = []
     for name, model in models.items():
         result = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
-        accuracies[name] = float(result["accuracy"])
         extractor = keras.Model(model.input, model.get_layer("features").output)
         features = extractor.predict(x_test, verbose=0, batch_size=256)
-        panels.append((name, features, y_test))
+        panels.append(
+            {
+                "name": name,
+                "features": features,
+                "labels": y_test,
+                "accuracy": float(result["accuracy"]),
+                "centers": learned_centers(model),
+            }
+        )
         summary.add_row(
             name,
-            f"{accuracies[name]:.3f}",
+            f"{float(result['accuracy']):.3f}",
             f"{float(result['loss']):.4f}",
             f"{class_spread(features, y_test):.3f}",
         )
     console.print(summary)
-    for name in models:
-        console.print(f"test accuracy ({name}): {accuracies[name]:.4f}", markup=False)
+    for panel in panels:
+        console.print(f"test accuracy ({panel['name']}): {panel['accuracy']:.4f}", markup=False)
 
     features_png = out / "features.png"
     losses_png = out / "losses.png"
-    plot_features(features_png, panels, accuracies)
-    plot_losses(losses_png, histories)
+    plot_features(features_png, panels)
+    plot_losses(losses_png, histories, TERMS)
     console.print(f"wrote {features_png}  (the 2-D features of both models)", markup=False)
     console.print(f"wrote {losses_png}  (the loss terms per epoch)", markup=False)
     console.print(f"done in {time.perf_counter() - started:.1f} s", markup=False)

@@ -109,6 +109,9 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
             f"loss plugin {NAME!r}: features must have shape (batch, D) with a known D, got "
             f"{tuple(features.shape)}; expose a layer with a fixed output size"
         )
-    centers = extras.state.variable(STATE, (config.num_classes, *feature_shape))
+    # alpha = 0: frozen centres, so the optimizer has no variable without a gradient
+    centers = extras.state.variable(
+        STATE, (config.num_classes, *feature_shape), trainable=config.alpha > 0
+    )
     labels = class_ids(inputs["y_true"], config.num_classes)
     return LossResult(loss=center_loss(features, labels, centers, float(config.alpha)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 from keras import ops
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
@@ -30,7 +31,7 @@ SQRT_FLOOR = 1e-12
 
 def compute_dtype(x: Any) -> str:
     """float64 stays float64; everything else (float16, bfloat16, float32) computes in float32."""
-    return "float64" if str(x.dtype).endswith("float64") else "float32"
+    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
 
 
 def safe_sqrt(x: Any) -> Any:

@@ -1,0 +1,372 @@
+"""Calling a plugin the way the core does, eagerly or compiled, on NumPy examples.
+
+A :class:`PluginHarness` wraps one installed or registered plugin. For each
+config and tensor layout it keeps a :class:`Session`: a
+:class:`lossplug.StateStore` probed once (as ``LossModel.compile`` does, so
+state variables exist before anything is traced) and the ``tf.function`` /
+``jit_compile=True`` functions traced for it, so that the expensive tracing and
+XLA compilation happen once per plugin, config, dtype and shape.
+
+Every call restores the session's state variables to the example's state (or
+to their initial values) first, so results never depend on earlier calls.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import tensorflow as tf
+
+from ..extras import Extras, StateStore
+from ..properties import Example
+from ..registry import registry
+from ..specs import LossResult, PluginSpec, Source, make_config
+from ..terms import call_plugin as _core_call_plugin
+from ._data import is_batched, signature
+
+MODES = ("eager", "function", "jit")
+_MAX_SESSIONS = 64
+
+
+@attrs.frozen
+class Outcome:
+    """What one call of a plugin produced, as NumPy (float32, as the core sees it)."""
+
+    loss: np.ndarray | None
+    metrics: dict[str, np.ndarray]
+    per_sample: bool
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The loss (if any) and every metric, by name (``"loss"``, ``"metric:<name>"``)."""
+        out = {} if self.loss is None else {"loss": self.loss}
+        out.update({f"metric:{k}": v for k, v in self.metrics.items()})
+        return out
+
+
+def _config_key(config: Any) -> str:
+    return repr(config)
+
+
+def _tensor(value: Any, dtype: Any = None) -> tf.Tensor:
+    tensor = tf.constant(np.asarray(value))
+    if dtype is not None and tensor.dtype.is_floating:
+        tensor = tf.cast(tensor, dtype)
+    return tensor
+
+
+class Session:
+    """One plugin with one config and tensor layout: its state store and compiled functions."""
+
+    def __init__(self, harness: PluginHarness, config: Any) -> None:
+        self.harness = harness
+        self.spec: PluginSpec = harness.spec
+        self.config = config
+        self.store = StateStore(plugin=self.spec.name, name=f"lossplug_kit_{self.spec.name}")
+        self.ready = False
+        self.initial_state: dict[str, np.ndarray] = {}
+        self._compiled: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ plumbing
+    def extras(self, training: bool, epoch: Any, step: Any) -> Extras:
+        return Extras(
+            config=self.config,
+            epoch=epoch,
+            step=step,
+            training=bool(training),
+            state=self.store,
+            term=self.spec.name,
+        )
+
+    def tensors(self, example: Example, dtype: Any = None) -> tuple[dict, dict]:
+        """The declared tensors of ``example`` as TensorFlow tensors (floats cast to ``dtype``)."""
+        inputs, outputs = {}, {}
+        for tensor in self.spec.tensors:
+            mapping = example.inputs if tensor.source == Source.INPUTS else example.outputs
+            if tensor.name not in mapping:
+                continue
+            value = _tensor(mapping[tensor.name], dtype)
+            (inputs if tensor.source == Source.INPUTS else outputs)[tensor.name] = value
+        return inputs, outputs
+
+    def ensure(self, example: Example) -> None:
+        """Probe the plugin once (eagerly, ``training=False``) to create its state variables."""
+        if self.ready:
+            return
+        inputs, outputs = self.tensors(example)
+        saved = random.getstate()
+        # Initializers draw their seeds from Python's random: make state reproducible.
+        random.seed(zlib.crc32(f"{self.spec.name}:{_config_key(self.config)}".encode()))
+        try:
+            _core_call_plugin(
+                self.spec, self.harness.caller, inputs, outputs,
+                self.extras(False, _int64(0), _int64(0)), term=self.spec.name,
+            )
+        finally:
+            random.setstate(saved)
+        self.store.close()
+        self.initial_state = self.store.values()
+        self.ready = True
+
+    def restore(self, state: Mapping[str, Any] | None) -> None:
+        values = dict(self.initial_state)
+        values.update(state or {})
+        if values:
+            self.store.assign({k: np.asarray(v) for k, v in values.items() if k in self.store})
+
+    # ------------------------------------------------------------------ calls
+    def call(
+        self,
+        example: Example,
+        *,
+        mode: str = "eager",
+        dtype: Any = None,
+        training: bool = True,
+        epoch: int = 0,
+        step: int = 0,
+    ) -> Outcome:
+        self.ensure(example)
+        self.restore(example.state)
+        inputs, outputs = self.tensors(example, dtype)
+        if mode == "eager":
+            out = _core_call_plugin(
+                self.spec, self.harness.caller, inputs, outputs,
+                self.extras(training, _int64(epoch), _int64(step)), term=self.spec.name,
+            )
+            loss, metrics = out.loss, {k: v for k, (v, _) in out.metrics.items()}
+        elif mode in ("function", "jit"):
+            fn = self._function(mode, training, inputs, outputs)
+            loss, metrics = fn(inputs, outputs, _int64(epoch), _int64(step))
+        else:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return Outcome(
+            loss=None if loss is None else np.asarray(loss),
+            metrics={k: np.asarray(v) for k, v in metrics.items()},
+            per_sample=loss is not None and len(loss.shape) > 0,
+        )
+
+    def _function(self, mode: str, training: bool, inputs: dict, outputs: dict) -> Any:
+        def spec_of(name: str, value: tf.Tensor, source: Source) -> tf.TensorSpec:
+            shape = list(value.shape)
+            declared = next(t for t in self.spec.tensors if t.name == name and t.source == source)
+            if shape and is_batched(declared):
+                shape[0] = None  # as in Keras' fit: the batch size is not static
+            return tf.TensorSpec(shape, value.dtype, name=name)
+
+        in_sig = {k: spec_of(k, v, Source.INPUTS) for k, v in inputs.items()}
+        out_sig = {k: spec_of(k, v, Source.OUTPUTS) for k, v in outputs.items()}
+        key = (mode, bool(training), _sig_key(in_sig), _sig_key(out_sig))
+        fn = self._compiled.get(key)
+        if fn is not None:
+            return fn
+        spec, caller = self.spec, self.harness.caller
+
+        def run(inputs: dict, outputs: dict, epoch: Any, step: Any) -> Any:
+            out = _core_call_plugin(
+                spec, caller, inputs, outputs, self.extras(training, epoch, step), term=spec.name
+            )
+            return out.loss, {k: v for k, (v, _) in out.metrics.items()}
+
+        scalar = tf.TensorSpec((), tf.int64)
+        fn = tf.function(
+            run,
+            input_signature=[in_sig, out_sig, scalar, scalar],
+            jit_compile=mode == "jit",
+            autograph=False,
+        )
+        self._compiled[key] = fn
+        return fn
+
+    def gradients(
+        self, example: Example, wrt: Sequence[str], *, dtype: Any = None, training: bool = True
+    ) -> tuple[Outcome, dict[str, np.ndarray | None], dict[str, np.ndarray | None]]:
+        """The call's outcome and the gradients of sum(loss) w.r.t. ``wrt`` and trainable state."""
+        self.ensure(example)
+        self.restore(example.state)
+        inputs, outputs = self.tensors(example, dtype)
+        watched = {name: _lookup(inputs, outputs, name) for name in wrt}
+        variables = list(self.store.trainable_variables)
+        with tf.GradientTape() as tape:
+            for value in watched.values():
+                tape.watch(value)
+            out = _core_call_plugin(
+                self.spec, self.harness.caller, inputs, outputs,
+                self.extras(training, _int64(0), _int64(0)), term=self.spec.name,
+            )
+            objective = tf.reduce_sum(out.loss) if out.loss is not None else None
+        outcome = Outcome(
+            loss=None if out.loss is None else np.asarray(out.loss),
+            metrics={k: np.asarray(v) for k, (v, _) in out.metrics.items()},
+            per_sample=out.per_sample,
+        )
+        if objective is None:
+            return outcome, {}, {}
+        grads = tape.gradient(objective, [*watched.values(), *variables])
+        names = list(watched)
+        tensor_grads = {n: _np_or_none(g) for n, g in zip(names, grads[: len(names)], strict=True)}
+        state_grads = {
+            _var_name(v): _np_or_none(g)
+            for v, g in zip(variables, grads[len(names):], strict=True)
+        }
+        return outcome, tensor_grads, state_grads
+
+    def raw(
+        self, example: Example, wrt: Sequence[str] = (), *, training: bool = True
+    ) -> tuple[float, str, dict[str, np.ndarray | None]]:
+        """sum(loss) as the plugin computed it (before the core's float32 cast) and its gradients.
+
+        Returns the value (float), the dtype the plugin computed the loss in and
+        the gradients with respect to ``wrt`` (for finite-difference checks).
+        """
+        self.ensure(example)
+        self.restore(example.state)
+        inputs, outputs = self.tensors(example)
+        watched = {name: _lookup(inputs, outputs, name) for name in wrt}
+        with tf.GradientTape() as tape:
+            for value in watched.values():
+                tape.watch(value)
+            result = self.harness.caller(
+                inputs=dict(inputs), outputs=dict(outputs),
+                extras=self.extras(training, _int64(0), _int64(0)),
+            )
+            loss = result.loss if isinstance(result, LossResult) else result
+            loss = tf.convert_to_tensor(loss)
+            objective = tf.reduce_sum(loss)
+        grads = tape.gradient(objective, list(watched.values())) if watched else []
+        return (
+            float(objective.numpy()),
+            loss.dtype.name,
+            {n: _np_or_none(g) for n, g in zip(watched, grads, strict=True)},
+        )
+
+
+def _int64(value: Any) -> tf.Tensor:
+    return tf.constant(value, dtype=tf.int64)
+
+
+def _sig_key(sig: Mapping[str, tf.TensorSpec]) -> tuple:
+    return tuple(sorted((k, tuple(v.shape.as_list()), v.dtype.name) for k, v in sig.items()))
+
+
+def _lookup(inputs: Mapping[str, Any], outputs: Mapping[str, Any], name: str) -> Any:
+    if name in outputs:
+        return outputs[name]
+    return inputs[name]
+
+
+def _np_or_none(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    if isinstance(value, tf.IndexedSlices):
+        value = tf.convert_to_tensor(value)
+    return np.asarray(value)
+
+
+def _var_name(variable: Any) -> str:
+    return str(getattr(variable, "path", None) or variable.name).split("/")[-1]
+
+
+class PluginHarness:
+    """One plugin, ready to be called on examples (sessions cached by config and layout)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entry = registry.entry(name)
+        self.spec: PluginSpec = registry.spec(name)
+        self.caller = registry.hook_caller(name)
+        self._sessions: OrderedDict[Any, Session] = OrderedDict()
+
+    def session(self, example: Example) -> Session:
+        layout = tuple((s[0], s[1], s[3], s[4]) for s in signature(example))  # no dtypes
+        key = (_config_key(example.config), layout)
+        session = self._sessions.get(key)
+        if session is None:
+            session = Session(self, example.config)
+            self._sessions[key] = session
+            while len(self._sessions) > _MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        else:
+            self._sessions.move_to_end(key)
+        return session
+
+    def prepare(self, example: Example) -> Example:
+        """``example`` with its state filled in (the plugin's initial state variables)."""
+        session = self.session(example)
+        session.ensure(example)
+        if example.state:
+            return example
+        return example.replace(state=dict(session.initial_state))
+
+    def evaluate(self, example: Example, **kwargs: Any) -> Outcome:
+        return self.session(example).call(example, **kwargs)
+
+    def gradients(self, example: Example, wrt: Sequence[str], **kwargs: Any) -> Any:
+        return self.session(example).gradients(example, wrt, **kwargs)
+
+    def raw(self, example: Example, wrt: Sequence[str] = ()) -> Any:
+        return self.session(example).raw(example, wrt)
+
+
+_HARNESSES: OrderedDict[Any, PluginHarness] = OrderedDict()
+
+
+def harness_for(name: str) -> PluginHarness:
+    """A cached harness for ``name`` (a new one if the plugin object changed)."""
+    entry = registry.entry(name)
+    key = (name, id(entry.obj), entry.distribution)
+    harness = _HARNESSES.get(key)
+    if harness is None or harness.entry.obj is not entry.obj:
+        harness = PluginHarness(name)
+        key = (name, id(harness.entry.obj), harness.entry.distribution)
+        _HARNESSES[key] = harness
+        while len(_HARNESSES) > 16:
+            _HARNESSES.popitem(last=False)
+    return harness
+
+
+def call_plugin(
+    name: str,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    *,
+    config: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    training: bool = False,
+    epoch: int = 0,
+    step: int = 0,
+    dtype: Any = None,
+) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """Call the plugin ``name`` eagerly on NumPy arrays, as the core would.
+
+    The plugin gets a fresh :class:`lossplug.StateStore`; ``state`` (name ->
+    array) overwrites the values of the variables the plugin creates. Floating
+    point tensors are cast to ``dtype`` when given. Returns the loss (float32
+    NumPy, per sample or scalar; ``None`` for metric-only plugins) and the
+    metrics by name. Bug reports of the conformance kit print a call of this
+    function that reproduces the failing example.
+
+    Example::
+
+        loss, metrics = call_plugin("center", {"y_true": np.array([0, 1])},
+                                    {"features": np.zeros((2, 3), "float32")},
+                                    config={"num_classes": 2})
+    """
+    harness = PluginHarness(name)
+    spec = harness.spec
+    example = Example(
+        inputs={k: np.asarray(v) for k, v in inputs.items()},
+        outputs={k: np.asarray(v) for k, v in outputs.items()},
+        config=make_config(spec, dict(config or {})),
+        state=dict(state or {}),
+    )
+    session = Session(harness, example.config)
+    outcome = session.call(example, dtype=dtype, training=training, epoch=epoch, step=step)
+    return outcome.loss, outcome.metrics
+
+
+__all__ = ["MODES", "Outcome", "PluginHarness", "Session", "call_plugin", "harness_for"]

@@ -1,0 +1,259 @@
+"""Tests of the center plugin: the mathematics, the centres, the config, and training."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import lossplug
+import lossplug_center as plugin
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from lossplug.extras import Extras, StateStore
+from lossplug.properties import Example
+from lossplug.terms import call_plugin
+from lossplug_center import claims
+from lossplug_center.loss import center_loss
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+
+
+def run(labels, features, centers=None, store=None, **config):
+    """Call the plugin as the core does, optionally setting the centres first."""
+    spec = plugin.SPEC
+    store = store if store is not None else StateStore(plugin=spec.name)
+    extras = Extras(
+        config=spec.make_config(config),
+        epoch=tf.constant(0, tf.int64),
+        step=tf.constant(0, tf.int64),
+        training=True,
+        state=store,
+    )
+
+    def call():
+        return call_plugin(
+            spec, plugin.build_loss_graph, {"y_true": labels}, {"features": features}, extras,
+            term=spec.name,
+        )
+
+    out = call()
+    if centers is not None:
+        store.assign({"centers": centers})
+        out = call()
+    assert out.per_sample
+    return keras.ops.convert_to_numpy(out.loss).astype(np.float64)
+
+
+@st.composite
+def batches(draw):
+    b = draw(st.integers(1, 6))
+    d = draw(st.integers(1, 5))
+    k = draw(st.integers(1, 5))
+    values = st.floats(-100, 100, width=32)
+    features = draw(hnp.arrays(np.float32, (b, d), elements=values))
+    centers = draw(hnp.arrays(np.float32, (k, d), elements=values))
+    labels = draw(hnp.arrays(np.int64, (b,), elements=st.integers(0, k - 1)))
+    return labels, features, centers
+
+
+# ----------------------------------------------------------------- mathematics
+@SETTINGS
+@given(batches(), st.floats(0.0, 1.0))
+def test_half_squared_distance_to_the_class_centre(batch, alpha):
+    labels, features, centers = batch
+    loss = run(labels, features, centers, num_classes=len(centers), alpha=alpha)
+    diff = features.astype(np.float64) - centers.astype(np.float64)[labels]
+    expected = 0.5 * (diff**2).sum(-1)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-3)
+    assert np.all(loss >= 0)
+
+
+@SETTINGS
+@given(batches(), st.floats(0.0, 1.0))
+def test_zero_when_every_feature_is_its_centre(batch, alpha):
+    labels, _, centers = batch
+    loss = run(labels, centers[labels], centers, num_classes=len(centers), alpha=alpha)
+    np.testing.assert_allclose(loss, 0.0, atol=1e-6 * (1 + np.abs(centers).max() ** 2))
+
+
+@SETTINGS
+@given(batches(), st.floats(0.0, 1.0))
+def test_alpha_scales_only_the_centres_gradient(batch, alpha):
+    """d/dx = x - c_y for any alpha; d/dc_k = alpha * sum_{i: y_i = k} (c_k - x_i)."""
+    labels, features, centers = batch
+    x = tf.Variable(features)
+    c = tf.Variable(centers)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(center_loss(x, labels, c, alpha))
+    grad_x, grad_c = tape.gradient(total, [x, c])
+    diff = features.astype(np.float64) - centers.astype(np.float64)[labels]
+    np.testing.assert_allclose(grad_x.numpy(), diff, rtol=1e-5, atol=1e-3)
+    expected_c = np.zeros(centers.shape)
+    np.add.at(expected_c, labels, -diff)
+    grad_c = tf.convert_to_tensor(grad_c).numpy() if grad_c is not None else np.zeros(c.shape)
+    np.testing.assert_allclose(grad_c, alpha * expected_c, rtol=1e-4, atol=1e-2)
+
+
+def test_centres_are_state_created_once():
+    store = StateStore(plugin="center")
+    features = np.ones((3, 4), np.float32)
+    labels = np.array([0, 2, 1])
+    run(labels, features, store=store, num_classes=3)
+    assert "centers" in store
+    (variable,) = store.weights
+    assert tuple(variable.shape) == (3, 4) and variable.trainable
+    np.testing.assert_array_equal(store.values()["centers"], 0.0)
+    store.close()  # as after compile: the next call must find the variable, not create one
+    np.testing.assert_allclose(run(labels, features, store=store, num_classes=3), 2.0)
+    assert len(store.weights) == 1
+
+
+def test_label_forms_agree():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 3)).astype(np.float32)
+    centers = rng.normal(size=(5, 3)).astype(np.float32)
+    ids = np.array([0, 4, 2, 2])
+    expected = run(ids, features, centers, num_classes=5)
+    np.testing.assert_allclose(run(ids[:, None], features, centers, num_classes=5), expected)
+    one_hot = np.eye(5, dtype=np.float32)[ids]
+    np.testing.assert_allclose(run(one_hot, features, centers, num_classes=5), expected)
+    np.testing.assert_allclose(run(ids.astype(np.float32), features, centers, num_classes=5),
+                               expected)
+
+
+def test_claim_helpers_hold_on_an_example():
+    rng = np.random.default_rng(1)
+    store = StateStore(plugin="center")
+    labels = rng.integers(0, 4, size=(6,))
+    features = rng.normal(size=(6, 3)).astype(np.float32)
+    run(labels, features, rng.normal(size=(4, 3)).astype(np.float32), store=store, num_classes=4)
+    example = Example(
+        inputs={"y_true": labels},
+        outputs={"features": features},
+        config=plugin.SPEC.make_config({"num_classes": 4}),
+        state=store.values(),
+    )
+
+    def loss_fn(ex):
+        return run(ex.inputs["y_true"], ex.outputs["features"], store=store,
+                   num_classes=ex.config.num_classes, alpha=ex.config.alpha)
+
+    np.testing.assert_allclose(loss_fn(claims.perfect(example)), 0.0, atol=1e-6)
+    assert np.all(loss_fn(example) > 0)
+    claims.check_alpha_keeps_value(example, loss_fn)
+    with pytest.raises(KeyError, match="no 'centers' state"):
+        claims.perfect(example.replace(state={}))
+
+
+# ----------------------------------------------------------------- config and errors
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"num_classes": 0}, "num_classes=0 is invalid: must be in [1, inf]"),
+        ({"num_classes": 2.5}, "num_classes=2.5 is invalid: must be int, got float"),
+        ({"num_classes": True}, "must be int, got bool"),
+        ({"alpha": -0.5}, "alpha=-0.5 is invalid: must be in [0.0, 1.0]"),
+        ({"alpha": 2.0}, "alpha=2.0 is invalid"),
+        ({"lambda_": 0.1}, "has no parameter 'lambda_'; its parameters are: num_classes, alpha"),
+    ],
+)
+def test_config_errors_name_plugin_field_and_rule(values, fragment):
+    with pytest.raises(lossplug.PluginConfigError) as info:
+        lossplug.use("center", **values)
+    assert "'center'" in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_bad_feature_and_label_shapes_are_explained():
+    with pytest.raises(ValueError, match=r"features must have shape \(batch, D\)"):
+        run(np.array([0]), np.zeros((1,), np.float32))
+    with pytest.raises(ValueError, match=r"y_true must hold class ids of shape \(batch,\)"):
+        run(np.zeros((2, 3)), np.zeros((2, 4), np.float32), num_classes=10)
+
+
+def test_missing_exposed_layer_names_the_tensor():
+    inputs = keras.Input((8,))
+    model = lossplug.LossModel(inputs, keras.layers.Dense(3)(inputs))
+    with pytest.raises(lossplug.MissingTensorError, match="needs tensor 'features'"):
+        model.compile("sgd", loss=lossplug.use("center", num_classes=3))
+
+
+# ----------------------------------------------------------------- training
+def _digits():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return (x / 16.0).astype("float32"), y.astype("int64")
+
+
+def _model(loss, optimizer=None):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    features = keras.layers.Dense(16, activation="relu", name="features")(inputs)
+    logits = keras.layers.Dense(10, name="logits")(features)
+    model = lossplug.LossModel(inputs, logits, expose=["features"])
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, name="ce")
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(0.01), loss=[ce, *loss],
+                  metrics=["accuracy"])
+    return model
+
+
+def _intra_inter(model, x, y):
+    """Mean distance of features to their class mean, and mean distance between class means."""
+    extractor = keras.Model(model.input, model.get_layer("features").output)
+    feats = extractor.predict(x, verbose=0)
+    means = np.stack([feats[y == k].mean(0) for k in range(10)])
+    intra = np.linalg.norm(feats - means[y], axis=1).mean()
+    inter = np.linalg.norm(means[:, None] - means[None], axis=-1)[~np.eye(10, dtype=bool)].mean()
+    return intra, inter, means
+
+
+def _centers(model):
+    return next(w for w in model.weights if w.path.endswith("centers")).numpy()
+
+
+@pytest.mark.slow
+def test_center_loss_tightens_classes_on_digits(tmp_path):
+    x, y = _digits()
+    plain = _model([])
+    plain.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    centred = _model([lossplug.use("center", weight=0.5, num_classes=10, alpha=1.0)])
+    history = centred.fit(x, y, epochs=3, batch_size=64, verbose=0).history
+    assert history["center"][-1] < history["center"][0]
+    assert history["accuracy"][-1] > 0.85
+
+    intra_plain, inter_plain, _ = _intra_inter(plain, x, y)
+    intra_centred, inter_centred, means = _intra_inter(centred, x, y)
+    assert intra_centred < 0.8 * intra_plain
+    # not a mere rescaling of the feature space: classes are tighter relative to their spacing
+    assert intra_centred / inter_centred < 0.9 * intra_plain / inter_plain
+    # the learnt centres sit near the class means of the features
+    centers = _centers(centred)
+    assert np.linalg.norm(centers - means, axis=1).mean() < 0.5 * np.linalg.norm(means, axis=1).mean()
+
+    path = tmp_path / "centred.keras"
+    centred.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(_centers(loaded), centers)
+
+
+@pytest.mark.slow
+def test_alpha_sets_the_centre_rate_under_sgd():
+    """With plain SGD, the centres move alpha times as far in the first step."""
+    x, y = _digits()
+    moved = {}
+    for alpha in (0.0, 0.25, 1.0):
+        model = _model([lossplug.use("center", num_classes=10, alpha=alpha)],
+                       optimizer=keras.optimizers.SGD(0.1))
+        before = _centers(model).copy()
+        model.fit(x[:128], y[:128], epochs=1, batch_size=128, verbose=0)
+        moved[alpha] = np.abs(_centers(model) - before).sum()
+    assert moved[0.0] == 0.0
+    assert moved[1.0] > 0
+    np.testing.assert_allclose(moved[0.25], 0.25 * moved[1.0], rtol=1e-4)

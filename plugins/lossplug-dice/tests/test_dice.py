@@ -1,0 +1,274 @@
+"""The ``dice`` plugin: soft Dice mathematics, its errors, and a small segmentation."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from keras import ops
+
+import lossplug
+import lossplug_dice
+from lossplug.properties import Bounded, Example, Symmetric, ZeroAtPerfect
+from lossplug.terms import call_plugin
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def call(y_true, y_pred, **config):
+    """Call the installed plugin through the core's validation, as a LossModel does."""
+    spec = lossplug.registry.spec("dice")
+    extras = lossplug.Extras(
+        config=spec.make_config(config),
+        epoch=ops.zeros((), "int64"),
+        step=ops.zeros((), "int64"),
+        training=True,
+        state=lossplug.StateStore(plugin="dice"),
+    )
+    out = call_plugin(
+        spec, lossplug.registry.hook_caller("dice"), {"y_true": y_true}, {"y_pred": y_pred},
+        extras, term="dice",
+    )
+    assert out.per_sample and tuple(out.loss.shape) == (np.shape(y_pred)[0],)
+    return ops.convert_to_numpy(out.loss)
+
+
+unit = st.floats(0.0, 1.0, allow_nan=False, width=32)
+
+
+@st.composite
+def mask_pairs(draw, binary_target=False, min_classes=1):
+    shape = (
+        draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5)),
+        draw(st.integers(min_classes, 4)),
+    )
+    target_elements = st.sampled_from([0.0, 1.0]) if binary_target else unit
+    y_true = draw(hnp.arrays(np.float32, shape, elements=target_elements))
+    y_pred = draw(hnp.arrays(np.float32, shape, elements=unit))
+    return y_true, y_pred
+
+
+smooths = st.sampled_from([0.0, 1e-3, 1.0, 10.0])
+
+
+def numpy_dice(y_true, y_pred, smooth):
+    """1 - mean over classes of (2 sum(p t) + s) / (sum(p) + sum(t) + s), per sample."""
+    t, p = np.float64(y_true), np.float64(y_pred)
+    spatial = tuple(range(1, t.ndim - 1))
+    num = 2.0 * np.sum(p * t, axis=spatial) + smooth
+    den = np.sum(p, axis=spatial) + np.sum(t, axis=spatial) + smooth
+    ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+    return 1.0 - ratio.mean(axis=-1)
+
+
+# --------------------------------------------------------------------- mathematics
+@SETTINGS
+@given(mask_pairs(), smooths)
+def test_dice_equals_the_per_class_mean_of_soft_dice(pair, smooth):
+    y_true, y_pred = pair
+    np.testing.assert_allclose(
+        call(y_true, y_pred, smooth=smooth), numpy_dice(y_true, y_pred, smooth), rtol=1e-5, atol=1e-6
+    )
+
+
+@SETTINGS
+@given(mask_pairs(), smooths)
+def test_dice_is_within_zero_and_one(pair, smooth):
+    value = call(*pair, smooth=smooth)
+    assert np.all(value >= -1e-6) and np.all(value <= 1.0 + 1e-6)
+
+
+@SETTINGS
+@given(mask_pairs(), smooths)
+def test_dice_is_symmetric_in_prediction_and_target(pair, smooth):
+    y_true, y_pred = pair
+    np.testing.assert_array_equal(call(y_true, y_pred, smooth=smooth), call(y_pred, y_true, smooth=smooth))
+
+
+@SETTINGS
+@given(mask_pairs(binary_target=True), smooths)
+def test_dice_is_zero_at_a_perfect_mask(pair, smooth):
+    y_true, _ = pair
+    np.testing.assert_array_equal(call(y_true, y_true, smooth=smooth), 0.0)
+    np.testing.assert_array_equal(call(y_true, y_true, smooth=smooth, bce_weight=2.0), 0.0)
+
+
+@SETTINGS
+@given(mask_pairs(binary_target=True))
+def test_with_smooth_zero_and_a_binary_mask_it_equals_keras_dice_per_sample(pair):
+    """Keras' dice pools classes: with one class and no smoothing the two agree."""
+    y_true, y_pred = pair
+    y_true, y_pred = y_true[..., :1], y_pred[..., :1]
+    keras_value = ops.convert_to_numpy(keras.losses.dice(y_true, y_pred, axis=(1, 2, 3)))
+    ours = call(y_true, y_pred, smooth=0.0)
+    both_empty = (y_true.sum(axis=(1, 2, 3)) + y_pred.sum(axis=(1, 2, 3))) == 0
+    np.testing.assert_allclose(ours[~both_empty], keras_value[~both_empty], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours[both_empty], 0.0)  # Keras says 1 for an empty pair
+
+
+def test_each_class_counts_equally_whatever_its_size():
+    y_true = np.zeros((1, 4, 4, 2), np.float32)
+    y_true[..., 0] = 1.0
+    y_true[0, 0, 0] = [0.0, 1.0]  # class 1 is a single pixel
+    y_pred = np.zeros_like(y_true)
+    y_pred[..., 0] = 1.0  # class 0 right everywhere but one pixel, class 1 missed
+    value = call(y_true, y_pred, smooth=0.0)[0]
+    assert value == pytest.approx(1.0 - 0.5 * (2 * 15 / (16 + 15) + 0.0), rel=1e-6)
+    pooled = float(ops.convert_to_numpy(keras.losses.dice(y_true, y_pred, axis=(1, 2, 3)))[0])
+    assert pooled == pytest.approx(1.0 - 2 * 15 / 32, rel=1e-6)  # pooled: the miss barely counts
+    assert value > 0.5
+
+
+def test_empty_masks_are_perfect_and_stay_finite_with_smooth_zero():
+    empty = tf.zeros((2, 3, 3, 1))
+    with tf.GradientTape() as tape:
+        tape.watch(empty)
+        value = lossplug_dice.dice_loss(empty, empty, smooth=0.0)
+    grad = tape.gradient(value, empty).numpy()
+    np.testing.assert_array_equal(value.numpy(), 0.0)
+    assert np.all(np.isfinite(grad))
+
+
+def test_flattened_and_one_pixel_masks_are_binary_masks():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, size=(3, 10)).astype("float32")
+    y_pred = rng.uniform(size=(3, 10)).astype("float32")
+    np.testing.assert_allclose(
+        call(y_true, y_pred), call(y_true[..., None], y_pred[..., None]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        call(y_true[:, 0], y_pred[:, 0]), call(y_true[:, :1], y_pred[:, :1]), rtol=1e-6
+    )
+
+
+@SETTINGS
+@given(mask_pairs(), st.floats(0.0, 5.0, allow_nan=False))
+def test_bce_term_adds_weighted_mean_binary_crossentropy(pair, weight):
+    y_true, y_pred = pair
+    y_pred = np.clip(y_pred, 0.01, 0.99)  # where Keras' clipping and ours agree
+    bce = ops.convert_to_numpy(
+        ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
+    )
+    np.testing.assert_allclose(
+        call(y_true, y_pred, bce_weight=weight) - call(y_true, y_pred),
+        weight * bce,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_bce_term_is_finite_with_finite_gradients_at_saturated_predictions():
+    y_true = tf.constant([[[[1.0], [0.0]]]])
+    y_pred = tf.constant([[[[0.0], [1.0]]]])  # confidently wrong everywhere
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        value = lossplug_dice.dice_loss(y_true, y_pred, bce_weight=1.0)
+    assert np.all(np.isfinite(value.numpy())) and value.numpy()[0] > 10.0
+    assert np.all(np.isfinite(tape.gradient(value, y_pred).numpy()))
+
+
+def test_half_precision_masks_give_a_float32_loss():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, size=(2, 64, 64, 1)).astype("float16")
+    y_pred = rng.uniform(size=(2, 64, 64, 1)).astype("float16")  # sums exceed float16 precision
+    spec = lossplug.registry.spec("dice")
+    extras = lossplug.Extras(
+        config=spec.make_config({}), epoch=ops.zeros((), "int64"), step=ops.zeros((), "int64"),
+        training=True, state=lossplug.StateStore(plugin="dice"),
+    )
+    out = call_plugin(spec, lossplug.registry.hook_caller("dice"), {"y_true": y_true},
+                      {"y_pred": y_pred}, extras, term="dice")
+    assert out.loss.dtype == "float32"
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(out.loss), numpy_dice(y_true, y_pred, 1.0), rtol=1e-4
+    )
+
+
+# --------------------------------------------------------------------- spec, config, errors
+def test_spec_claims_bounded_zero_at_perfect_and_symmetric():
+    spec = lossplug.registry.spec("dice")
+    claims = {type(p): p for p in spec.properties}
+    assert claims[Bounded].low == 0.0 and claims[Bounded].high == 1.0
+    assert {claims[Symmetric].first, claims[Symmetric].second} == {"y_pred", "y_true"}
+    rng = np.random.default_rng(0)
+    soft = rng.uniform(size=(2, 3, 3, 2)).astype("float32")
+    example = Example({"y_true": soft}, {"y_pred": soft[::-1].copy()}, spec.make_config({}))
+    perfect = claims[ZeroAtPerfect].perfect(example)
+    assert set(np.unique(perfect.inputs["y_true"])) <= {0.0, 1.0}
+    np.testing.assert_array_equal(call(perfect.inputs["y_true"], perfect.outputs["y_pred"]), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"smooth": -1.0}, ["'dice'", "smooth=-1.0", "in [0.0, inf]"]),
+        ({"bce_weight": -0.5}, ["'dice'", "bce_weight=-0.5", "in [0.0, inf]"]),
+        ({"bce_weight": "a lot"}, ["'dice'", "bce_weight='a lot'", "int or float"]),
+        ({"smooth": float("nan")}, ["'dice'", "smooth=nan"]),
+        ({"from_logits": True}, ["'dice'", "no parameter 'from_logits'", "smooth", "bce_weight"]),
+    ],
+)
+def test_bad_config_is_refused_naming_plugin_field_and_rule(config, words):
+    with pytest.raises(lossplug.PluginConfigError) as info:
+        lossplug.use("dice", **config)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_masks_of_different_ranks_are_refused_with_the_convention():
+    with pytest.raises(lossplug.PluginConfigError, match=r"channels-last shape \(B, \.\.\., C\)"):
+        call(np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4, 1), np.float32))
+
+
+def test_dice_name_means_the_plugin_in_a_loss_model():
+    term = lossplug.terms.as_term("dice")
+    assert term.plugin == "dice" and term.keras_loss is None
+
+
+# --------------------------------------------------------------------- end to end
+def make_segmentation_data(n=96, size=16, seed=0):
+    """Noisy images with a rectangle (class 1, bright) and a square (class 2, grey)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n, size, size), np.int64)
+    for i in range(n):
+        r, c = rng.integers(0, size - 6, 2)
+        h, w = rng.integers(3, 7, 2)
+        labels[i, r : r + h, c : c + w] = 1
+        r, c = rng.integers(0, size - 4, 2)
+        labels[i, r : r + 3, c : c + 3] = 2
+    images = rng.normal(0.0, 0.1, size=(n, size, size, 1)).astype("float32")
+    images[..., 0] += np.array([0.0, 1.0, 0.5], np.float32)[labels]
+    return images, np.eye(3, dtype="float32")[labels]
+
+
+@pytest.mark.slow
+def test_small_segmentation_learns_and_logs_the_dice_term():
+    keras.utils.set_random_seed(0)
+    x, y = make_segmentation_data()
+    inputs = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    masks = keras.layers.Conv2D(3, 1, activation="softmax", name="masks")(h)
+    model = lossplug.LossModel(inputs, masks)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=lossplug.use("dice", bce_weight=0.5))
+    history = model.fit(x, y, epochs=8, batch_size=16, verbose=0).history
+    assert set(history) == {"loss", "dice"}
+    assert history["dice"][-1] < 0.5 * history["dice"][0]
+    # evaluate's value is the plugin's math on predict's masks
+    result = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    pred = model.predict(x, verbose=0)
+    bce = -np.mean(
+        y * np.log(np.maximum(pred, 1e-7)) + (1 - y) * np.log(np.maximum(1 - pred, 1e-7)),
+        axis=(1, 2, 3),
+    )
+    expected = np.mean(numpy_dice(y, pred, 1.0) + 0.5 * bce)
+    assert result["dice"] == pytest.approx(expected, rel=1e-4)
+    hard = np.eye(3)[pred.argmax(-1)]
+    assert np.mean(numpy_dice(y, hard, 1.0)) < 0.35  # the masks found are mostly right

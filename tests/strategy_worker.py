@@ -1,0 +1,81 @@
+"""Subprocess body for the tf.distribute tests (TF devices must be set before first use).
+
+Usage: python strategy_worker.py single|mirrored|multiworker OUT.npz
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+mode, out_path = sys.argv[1], sys.argv[2]
+if mode == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+
+import keras  # noqa: E402
+import toy_plugins as tp  # noqa: E402
+
+import lossplug  # noqa: E402
+
+for plugin in (tp.SparseCE(), tp.ToyCenter()):
+    lossplug.register(plugin)
+
+keras.config.disable_traceback_filtering()
+GLOBAL_BATCH, STEPS = 32, 6
+rng = np.random.default_rng(0)
+x = rng.normal(size=(GLOBAL_BATCH * STEPS, 10)).astype("float32")
+y = rng.integers(0, 3, GLOBAL_BATCH * STEPS)
+sample_weight = rng.uniform(0.5, 1.5, GLOBAL_BATCH * STEPS).astype("float32")
+
+if mode == "single":
+    strategy = tf.distribute.get_strategy()
+elif mode == "mirrored":
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+else:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+
+if os.environ.get("LOSSPLUG_PLAIN_KERAS"):
+    # Upstream canary: the same training with a plain keras.Sequential.
+    with strategy.scope():
+        plain = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3)])
+        plain.compile("sgd", loss="sparse_categorical_crossentropy")
+    plain.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0)
+    print("DONE plain")
+    sys.exit(0)
+
+with strategy.scope():
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((10,))
+    features = keras.layers.Dense(6, activation="tanh", name="features")(inputs)
+    logits = keras.layers.Dense(3, name="logits")(features)
+    model = lossplug.LossModel(inputs, logits, expose=["features"])
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        loss=["toy_ce", lossplug.use("toy_center", weight=0.5, num_classes=3)],
+    )
+
+dataset = tf.data.Dataset.from_tensor_slices((x, y, sample_weight)).batch(GLOBAL_BATCH)
+if mode == "multiworker":
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.with_options(options)
+history = model.fit(dataset, epochs=2, verbose=0)
+weights = {w.path.replace("/", "__"): keras.ops.convert_to_numpy(w) for w in model.weights}
+np.savez(
+    out_path,
+    loss=np.array(history.history["loss"]),
+    toy_ce=np.array(history.history["toy_ce"]),
+    toy_center=np.array(history.history["toy_center"]),
+    replicas=np.array(strategy.num_replicas_in_sync),
+    **weights,
+)
+print("DONE", mode, strategy.num_replicas_in_sync)
