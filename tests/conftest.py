@@ -16,9 +16,8 @@ sys.path.insert(0, str(TESTS))
 @pytest.fixture
 def toy_plugins():
     """Register the in-process test plugins; remove them afterwards."""
-    import toy_plugins as tp
-
     import lossplug
+    import toy_plugins as tp
 
     plugins = [tp.SparseCE(), tp.ToyCenter(), tp.EpochProbe()]
     names = [lossplug.register(p, replace=True).name for p in plugins]

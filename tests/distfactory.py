@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-GOOD_MODULE = '''
+GOOD_MODULE = """
 import attrs
 import lossplug
 from lossplug import Kind, PluginSpec, TensorSpec, hookimpl, param
@@ -43,7 +43,7 @@ def build_loss_graph(inputs, outputs, extras):
 
     diff = ops.cast(inputs["y_true"], "float32") - ops.cast(outputs["y_pred"], "float32")
     return extras.config.scale * ops.mean(diff * diff, axis=-1)
-'''
+"""
 
 
 def write_dist(
@@ -59,8 +59,10 @@ def write_dist(
     module = dist.replace("-", "_")
     project = root / dist
     (project / module).mkdir(parents=True)
-    source = module_source if module_source is not None else GOOD_MODULE.format(
-        name=entry_name, description=description, api_version=api_version
+    source = (
+        module_source
+        if module_source is not None
+        else GOOD_MODULE.format(name=entry_name, description=description, api_version=api_version)
     )
     (project / module / "__init__.py").write_text(textwrap.dedent(source))
     (project / "pyproject.toml").write_text(
@@ -92,8 +94,16 @@ def pip_install(projects: list[Path], target: Path) -> None:
     """A real, non-editable ``pip install`` of the projects into ``target``."""
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-            "--no-build-isolation", "--no-index", "--target", str(target),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
             *map(str, projects),
         ],
         check=True,
@@ -102,11 +112,16 @@ def pip_install(projects: list[Path], target: Path) -> None:
     )
 
 
-def run_python(code: str, target: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, target: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter that sees the distributions in ``target``."""
     full_env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "3"}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env=full_env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
     )

@@ -11,8 +11,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 mode, out_path = sys.argv[1], sys.argv[2]
 if mode == "mirrored":
@@ -22,9 +22,8 @@ if mode == "mirrored":
     )
 
 import keras  # noqa: E402
-import toy_plugins as tp  # noqa: E402
-
 import lossplug  # noqa: E402
+import toy_plugins as tp  # noqa: E402
 
 for plugin in (tp.SparseCE(), tp.ToyCenter()):
     lossplug.register(plugin)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import lossplug
+import pytest
 from lossplug.cli import main
 
 pytestmark = pytest.mark.usefixtures("toy_plugins")

@@ -24,7 +24,9 @@ def run(mode: str, out: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(WORKER), mode, str(out)],
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

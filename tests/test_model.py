@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import keras
+import lossplug
 import numpy as np
 import pytest
-
-import lossplug
 
 pytestmark = pytest.mark.usefixtures("toy_plugins")
 
@@ -40,7 +39,9 @@ def test_design_example_trains_and_logs_every_term():
     # Terms are weighted contributions that add up to the total loss.
     h = history.history
     for epoch in range(3):
-        assert h["loss"][epoch] == pytest.approx(h["toy_ce"][epoch] + h["toy_center"][epoch], rel=1e-4)
+        assert h["loss"][epoch] == pytest.approx(
+            h["toy_ce"][epoch] + h["toy_center"][epoch], rel=1e-4
+        )
     assert h["loss"][-1] < h["loss"][0]
     result = model.evaluate(x, y, verbose=0, return_dict=True)
     assert set(result) >= {"loss", "toy_ce", "toy_center", "accuracy"}
@@ -61,7 +62,11 @@ def test_term_value_matches_numpy_with_sample_weights():
     model.compile(loss="toy_ce")
     weights = np.linspace(0.0, 2.0, 64).astype("float32")
     logits = model.predict(x, verbose=0)
-    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+        - logits.max(1, keepdims=True)
+    )
     per_sample = -logp[np.arange(64), y]
     expected = float(np.sum(per_sample * weights) / 64)
     result = model.evaluate(x, y, sample_weight=weights, batch_size=64, verbose=0, return_dict=True)
@@ -104,14 +109,14 @@ def test_epoch_reaches_plugins_and_schedules_without_retracing(toy_plugins):
             "toy_ce",
             lossplug.use("toy_epoch", weight=2.0, display_name="epoch_term"),
             lossplug.use("toy_epoch", weight=ramp, display_name="ramped"),
-            lossplug.use("toy_epoch", weight=lambda epoch: 10.0 ** -epoch, display_name="custom"),
+            lossplug.use("toy_epoch", weight=lambda epoch: 10.0**-epoch, display_name="custom"),
         ],
     )
     history = model.fit(x, y, epochs=5, batch_size=32, verbose=0)
     h = history.history
     assert h["epoch_term"] == pytest.approx([2.0 * e for e in range(5)])
     assert h["ramped"] == pytest.approx([e * min(e / 4, 1.0) for e in range(5)])
-    assert h["custom"] == pytest.approx([e * 10.0 ** -e for e in range(5)])
+    assert h["custom"] == pytest.approx([e * 10.0**-e for e in range(5)])
     # Three terms: one probe call each at compile, then one trace of the train step for
     # all five epochs: the epoch reaches the compiled step through variables.
     assert toy_plugins.EpochProbe.calls == 3 + 3

@@ -17,13 +17,13 @@ def site(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     projects = [
         write_dist(root, "lossplug-t-good", "t_good", description="a good test loss"),
-        write_dist(root, "lossplug-t-broken", "t_broken",
-                   module_source="import not_a_real_module_xyz\n"),
+        write_dist(
+            root, "lossplug-t-broken", "t_broken", module_source="import not_a_real_module_xyz\n"
+        ),
         write_dist(root, "lossplug-t-dup-a", "t_dup"),
         write_dist(root, "lossplug-t-dup-b", "t_dup"),
         write_dist(root, "lossplug-t-oldapi", "t_oldapi", api_version=99),
-        write_dist(root, "lossplug-t-misnamed", "t_misnamed",
-                   module_source=_renamed_source()),
+        write_dist(root, "lossplug-t-misnamed", "t_misnamed", module_source=_renamed_source()),
     ]
     pip_install(projects, target)
     return target
@@ -94,7 +94,10 @@ def test_broken_plugin_error_on_use(site):
         site,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "ERR loss plugin 't_broken' from distribution lossplug-t-broken 1.2.3 failed to import" in proc.stdout
+    assert (
+        "ERR loss plugin 't_broken' from distribution lossplug-t-broken 1.2.3 failed to import"
+        in proc.stdout
+    )
     assert "ModuleNotFoundError" in proc.stdout and "LOSSPLUG_DISABLE=t_broken" in proc.stdout
     assert "GOOD Config(scale=2.0)" in proc.stdout
 
@@ -195,7 +198,8 @@ def test_unknown_name_suggests_and_lists(site):
 def test_info_shows_config_tensors_and_properties(site):
     proc = run_python(
         "import sys, lossplug.cli; sys.exit(lossplug.cli.main(['info', 't_good']))",
-        site, {"COLUMNS": "200"},
+        site,
+        {"COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import attrs
 import keras
+import lossplug
 import numpy as np
 import pytest
 from keras import ops
-
-import lossplug
 from lossplug import Kind, PluginSpec, TensorSpec, hookimpl
 
 
@@ -22,8 +21,11 @@ def plugin(name, fn, returns="per_sample"):
         @hookimpl
         def lossplug_spec(self):
             return PluginSpec(
-                name=name, description="test", config=Empty,
-                tensors=(TensorSpec("y_pred", Kind.ANY, shape=("B", "C")),), returns=returns,
+                name=name,
+                description="test",
+                config=Empty,
+                tensors=(TensorSpec("y_pred", Kind.ANY, shape=("B", "C")),),
+                returns=returns,
             )
 
         @hookimpl
@@ -55,7 +57,10 @@ def model():
     ("fn", "message"),
     [
         (lambda p: ops.ones((5,)), r"loss of shape \(5,\), but the batch has 2 samples"),
-        (lambda p: ops.cast(ops.argmax(p, axis=-1), "int32"), "dtype int32; losses must be floating"),
+        (
+            lambda p: ops.cast(ops.argmax(p, axis=-1), "int32"),
+            "dtype int32; losses must be floating",
+        ),
         (lambda p: "loss", "returned a loss of type str"),
         (lambda p: None, "returned None"),
     ],

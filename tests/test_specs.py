@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import attrs
-import pytest
-
 import lossplug
+import pytest
 from lossplug import Kind, PluginSpec, TensorSpec, param
 from lossplug.specs import make_config
 
@@ -72,7 +71,10 @@ def test_dice_may_shadow_keras_name():
         ({"mode": "c"}, r"must be one of 'a', 'b'"),
         ({"classes": True}, r"must be int, got bool"),
         ({"classes": 0}, r"classes=0 is invalid: must be in \[1, inf\]"),
-        ({"gamma": 1}, r"plugin 'my_loss' has no parameter 'gamma'; its parameters are: epsilon, mode, classes"),
+        (
+            {"gamma": 1},
+            r"plugin 'my_loss' has no parameter 'gamma'; its parameters are: epsilon, mode, classes",
+        ),
     ],
 )
 def test_bad_config_names_plugin_field_value_and_rule(values, message):
@@ -97,7 +99,9 @@ def test_schedules_validate_and_compute():
     assert schedules.Cosine(1.0, 0.0, stop=10).value_at(12) == pytest.approx(0.0)
     with pytest.raises(lossplug.PluginConfigError, match="stop .* must be greater than begin"):
         schedules.LinearRamp(0, 1, begin=3, stop=3)
-    with pytest.raises(lossplug.PluginConfigError, match="len\\(values\\) == len\\(boundaries\\) \\+ 1"):
+    with pytest.raises(
+        lossplug.PluginConfigError, match="len\\(values\\) == len\\(boundaries\\) \\+ 1"
+    ):
         schedules.Step([1], [1.0])
     with pytest.raises(lossplug.PluginConfigError, match="must be finite"):
         schedules.as_schedule(float("inf"))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import attrs
 import keras
-from keras import ops
-
 import lossplug
+from keras import ops
 from lossplug import Kind, LossResult, PluginSpec, TensorSpec, hookimpl, param
 
 
@@ -25,7 +24,9 @@ class SparseCE:
             description="sparse categorical cross-entropy (test plugin)",
             config=CEConfig,
             tensors=(
-                TensorSpec("y_true", Kind.SPARSE_LABELS, source="inputs", shape=("B",), classes="C"),
+                TensorSpec(
+                    "y_true", Kind.SPARSE_LABELS, source="inputs", shape=("B",), classes="C"
+                ),
                 TensorSpec("y_pred", Kind.LOGITS, shape=("B", "C")),
             ),
             properties=(lossplug.properties.NonNegative(),),
@@ -41,6 +42,7 @@ class SparseCE:
 @attrs.frozen
 class CenterConfig:
     num_classes: int = param(10, low=1)
+    with_metric: bool = param(True, doc="also report the mean feature norm")
 
 
 class ToyCenter:
@@ -54,8 +56,13 @@ class ToyCenter:
             config=CenterConfig,
             tensors=(
                 TensorSpec("features", Kind.EMBEDDINGS, shape=("B", "D")),
-                TensorSpec("y_true", Kind.SPARSE_LABELS, source="inputs", shape=("B",),
-                           classes="num_classes"),
+                TensorSpec(
+                    "y_true",
+                    Kind.SPARSE_LABELS,
+                    source="inputs",
+                    shape=("B",),
+                    classes="num_classes",
+                ),
             ),
         )
 
@@ -68,6 +75,8 @@ class ToyCenter:
         labels = ops.cast(ops.reshape(inputs["y_true"], (-1,)), "int32")
         diff = features - ops.take(centers, labels, axis=0)
         per_sample = ops.sum(diff * diff, axis=-1)
+        if not extras.config.with_metric:
+            return per_sample
         return LossResult(per_sample, metrics={"mean_norm": ops.mean(ops.norm(features, axis=-1))})
 
 

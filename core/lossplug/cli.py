@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,8 +85,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     for tensor in spec.tensors:
         shape = "any" if tensor.shape is None else "(" + ", ".join(map(str, tensor.shape)) + ")"
         tensors.add_row(
-            tensor.name, tensor.source.value, tensor.kind.value, shape,
-            "no" if tensor.optional else "yes", tensor.description,
+            tensor.name,
+            tensor.source.value,
+            tensor.kind.value,
+            shape,
+            "no" if tensor.optional else "yes",
+            tensor.description,
         )
     console.print(tensors)
     console.print("[bold]claimed properties[/bold]")
@@ -150,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--author", default="Your Name")
     p.set_defaults(func=cmd_new)
 
-    p = sub.add_parser("demo", help="train on scikit-learn's digits and draw the center-loss picture")
+    p = sub.add_parser(
+        "demo", help="train on scikit-learn's digits and draw the center-loss picture"
+    )
     p.add_argument("--out", default="lossplug-demo", help="directory for the PNG figures")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")

@@ -26,7 +26,6 @@ from typing import Any
 import attrs
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from .errors import (
@@ -236,7 +235,7 @@ class LossModel(keras.Model):
         auto_scale_loss: bool = True,
         check_finite: bool = True,
     ) -> None:
-        """Configure training. ``loss`` accepts plugin names, ``lossplug.use(...)`` and Keras losses.
+        """Configure training; ``loss`` takes plugin names, ``lossplug.use(...)``, Keras losses.
 
         ``loss`` may be one term, a list of terms, or a dict mapping output names
         to terms (or lists of terms). For a single-output model a list means
@@ -270,7 +269,9 @@ class LossModel(keras.Model):
         state["loss"] = loss
         state["loss_weights"] = loss_weights
         state["check_finite"] = check_finite
-        self._lossplug_state_stores = [b.state for b in bound if b.state is not None and b.state.weights]
+        self._lossplug_state_stores = [
+            b.state for b in bound if b.state is not None and b.state.weights
+        ]
 
     def _bind_terms(self, loss: Any, loss_weights: Any) -> list[_BoundTerm]:
         outputs = _flat_output_names(self)
@@ -343,7 +344,9 @@ class LossModel(keras.Model):
                 b.state = StateStore(plugin=term.spec.name, name=f"lossplug_state_{b.name}")
         if not term.weight.in_graph:
             b.weight_variable = keras.Variable(
-                term.weight.value_at(0), dtype="float32", trainable=False,
+                term.weight.value_at(0),
+                dtype="float32",
+                trainable=False,
                 name=f"lossplug_weight_{b.name}",
             )
         b.metric = keras.metrics.Mean(name=b.name)
@@ -379,7 +382,8 @@ class LossModel(keras.Model):
     def _dummy_targets(self, b: _BoundTerm, y_pred: Any) -> Any:
         spec = b.term.spec
         wanted = [
-            t for t in spec.tensors
+            t
+            for t in spec.tensors
             if t.source == Source.INPUTS and b.term.bind.get(t.name, t.name) == "y_true"
         ]
         outputs = _flat_output_names(self)
@@ -392,7 +396,10 @@ class LossModel(keras.Model):
 
         kind = wanted[0].kind if wanted else None
         if b.output is not None:
-            return {name: target_like(p, kind if name == b.output else None) for name, p in preds.items()}
+            return {
+                name: target_like(p, kind if name == b.output else None)
+                for name, p in preds.items()
+            }
         return {name: target_like(p, None) for name, p in preds.items()}
 
     # ------------------------------------------------------------------ loss
@@ -410,9 +417,7 @@ class LossModel(keras.Model):
         if len(input_names) == 1 and input_names[0] in inputs:
             inputs.setdefault("x", inputs[input_names[0]])
         output_names = _flat_output_names(self)
-        outputs: dict[str, Any] = dict(
-            zip(output_names, keras.tree.flatten(y_pred), strict=True)
-        )
+        outputs: dict[str, Any] = dict(zip(output_names, keras.tree.flatten(y_pred), strict=True))
         if y is not None:
             if isinstance(y, Mapping):
                 targets = dict(y)
@@ -423,13 +428,17 @@ class LossModel(keras.Model):
                 targets = dict(zip(output_names, keras.tree.flatten(y), strict=False))
             for name, value in targets.items():
                 inputs.setdefault(name, value)
-            target_name = b.output if b.output is not None else (
-                output_names[0] if len(output_names) == 1 else None
+            target_name = (
+                b.output
+                if b.output is not None
+                else (output_names[0] if len(output_names) == 1 else None)
             )
             if target_name is not None and target_name in targets:
                 inputs["y_true"] = targets[target_name]
-        pred_name = b.output if b.output is not None else (
-            output_names[0] if len(output_names) == 1 else None
+        pred_name = (
+            b.output
+            if b.output is not None
+            else (output_names[0] if len(output_names) == 1 else None)
         )
         if pred_name is not None:
             outputs["y_pred"] = outputs[pred_name]
@@ -448,8 +457,9 @@ class LossModel(keras.Model):
             if value is _MISSING:
                 if tensor.optional:
                     continue
-                raise MissingTensorError(_missing_message(b, tensor, target, inputs, outputs,
-                                                          has_targets))
+                raise MissingTensorError(
+                    _missing_message(b, tensor, target, inputs, outputs, has_targets)
+                )
             (chosen_in if tensor.source == Source.INPUTS else chosen_out)[tensor.name] = value
         return chosen_in, chosen_out
 
@@ -474,19 +484,31 @@ class LossModel(keras.Model):
                     "pass y to fit/evaluate, or attach it to one output with "
                     "compile(loss={output_name: ...})"
                 )
-            fn = keras.losses.get(term.keras_loss) if isinstance(term.keras_loss, str) else term.keras_loss
+            fn = (
+                keras.losses.get(term.keras_loss)
+                if isinstance(term.keras_loss, str)
+                else term.keras_loss
+            )
             y_true, pred = inputs["y_true"], outputs["y_pred"]
-            values = fn.call(y_true, pred) if isinstance(fn, keras.losses.Loss) else fn(y_true, pred)
+            values = (
+                fn.call(y_true, pred) if isinstance(fn, keras.losses.Loss) else fn(y_true, pred)
+            )
             from .terms import TermOutput
 
-            return TermOutput(loss=ops.cast(values, "float32"), per_sample=len(values.shape) > 0,
-                              metrics={})
+            return TermOutput(
+                loss=ops.cast(values, "float32"), per_sample=len(values.shape) > 0, metrics={}
+            )
         chosen_in, chosen_out = self._select(b, inputs, outputs, y is not None)
         optimizer = getattr(self, "optimizer", None)
-        step = optimizer.iterations if optimizer is not None and optimizer.built else ops.zeros((), "int64")
+        step = (
+            optimizer.iterations
+            if optimizer is not None and optimizer.built
+            else ops.zeros((), "int64")
+        )
         extras = Extras(
             config=term.config,
-            epoch=self._lossplug_clock.value if self._lossplug_clock.value is not None
+            epoch=self._lossplug_clock.value
+            if self._lossplug_clock.value is not None
             else ops.zeros((), "int64"),
             step=step,
             training=bool(training),
@@ -514,8 +536,10 @@ class LossModel(keras.Model):
             out = self._evaluate_term(b, x, y, y_pred, exposed, sample_weight, training=training)
             for metric_name, (value, _) in out.metrics.items():
                 b.plugin_metrics[metric_name].update_state(
-                    value, sample_weight=batch if isinstance(
-                        b.plugin_metrics[metric_name], keras.metrics.Mean) else None
+                    value,
+                    sample_weight=batch
+                    if isinstance(b.plugin_metrics[metric_name], keras.metrics.Mean)
+                    else None,
                 )
             if out.loss is None:
                 continue
@@ -528,7 +552,9 @@ class LossModel(keras.Model):
             b.metric.update_state(contribution, sample_weight=batch)
             total.append(scale_for_distribution(contribution))
         if self.losses:
-            total.append(scale_for_distribution(ops.sum([ops.cast(v, "float32") for v in self.losses])))
+            total.append(
+                scale_for_distribution(ops.sum([ops.cast(v, "float32") for v in self.losses]))
+            )
         if not total:
             if not bound:
                 raise CompileError(
@@ -604,9 +630,9 @@ _MISSING = _Missing()
 
 def _lookup(target: str, source: Source, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
     if target.startswith("inputs."):
-        return inputs.get(target[len("inputs."):], _MISSING)
+        return inputs.get(target[len("inputs.") :], _MISSING)
     if target.startswith("outputs."):
-        return outputs.get(target[len("outputs."):], _MISSING)
+        return outputs.get(target[len("outputs.") :], _MISSING)
     first, second = (inputs, outputs) if source == Source.INPUTS else (outputs, inputs)
     if target in first:
         return first[target]
@@ -614,7 +640,11 @@ def _lookup(target: str, source: Source, inputs: dict[str, Any], outputs: dict[s
 
 
 def _missing_message(
-    b: _BoundTerm, tensor: Any, target: str, inputs: dict[str, Any], outputs: dict[str, Any],
+    b: _BoundTerm,
+    tensor: Any,
+    target: str,
+    inputs: dict[str, Any],
+    outputs: dict[str, Any],
     has_targets: bool,
 ) -> str:
     spec = b.term.spec
@@ -670,7 +700,8 @@ class _TermCallback(keras.callbacks.Callback):
             value = float(np.asarray(logs[b.name]))
             if not math.isfinite(value):
                 who = (
-                    f"loss plugin {b.term.spec.name!r}" if b.term.spec is not None
+                    f"loss plugin {b.term.spec.name!r}"
+                    if b.term.spec is not None
                     else f"Keras loss {b.term.name!r}"
                 )
                 self._owner.stop_training = True

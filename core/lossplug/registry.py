@@ -17,6 +17,7 @@ Environment variables (read when the registry is first used, or on
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.metadata as metadata
 import os
@@ -139,8 +140,7 @@ class Registry:
                         entry_point=ep,
                     )
                     entry.disabled = bool(
-                        {ep.name, entry.qualified_name, normalize_dist_name(dist_name)}
-                        & disabled
+                        {ep.name, entry.qualified_name, normalize_dist_name(dist_name)} & disabled
                     )
                     entries.setdefault(ep.name, []).append(entry)
             self._entries = entries
@@ -150,9 +150,7 @@ class Registry:
     def names(self) -> list[str]:
         """Every usable (not disabled) loss name, sorted."""
         discovered = self._discover()
-        names = {
-            name for name, cands in discovered.items() if any(not c.disabled for c in cands)
-        }
+        names = {name for name, cands in discovered.items() if any(not c.disabled for c in cands)}
         return sorted(names | set(self._in_process))
 
     def statuses(self, load: bool = False) -> list[PluginStatus]:
@@ -173,10 +171,8 @@ class Registry:
                     status, detail = "conflict", f"also provided by {others}"
                 else:
                     if load:
-                        try:
+                        with contextlib.suppress(LossplugError):
                             self._load_entry(cand)
-                        except LossplugError:
-                            pass
                     if cand.error is not None:
                         status, detail = "failed", str(cand.error)
                     elif cand.loaded:
@@ -277,8 +273,10 @@ class Registry:
         with self._lock:
             if entry.error is not None:
                 raise entry.error
-            if entry.spec is not None and self._pm is not None and self._pm.is_registered(
-                entry.obj
+            if (
+                entry.spec is not None
+                and self._pm is not None
+                and self._pm.is_registered(entry.obj)
             ):
                 return
             where = (

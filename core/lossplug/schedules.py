@@ -100,8 +100,11 @@ class LinearRamp(Schedule):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "start": self.start, "end": self.end, "begin": self.begin,
-            "stop": self.stop, "unit": self.unit,
+            "start": self.start,
+            "end": self.end,
+            "begin": self.begin,
+            "stop": self.stop,
+            "unit": self.unit,
         }
 
     def __repr__(self) -> str:
@@ -147,7 +150,8 @@ class Step(Schedule):
 class Cosine(Schedule):
     """Cosine interpolation from ``start`` to ``end`` over ``[begin, stop]``.
 
-    w(t) = end + (start - end) * (1 + cos(pi * frac)) / 2,  frac = clip((t - begin) / (stop - begin), 0, 1)
+    w(t) = end + (start - end) * (1 + cos(pi * frac)) / 2
+    frac = clip((t - begin) / (stop - begin), 0, 1)
     """
 
     def __init__(
@@ -166,8 +170,11 @@ class Cosine(Schedule):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "start": self.start, "end": self.end, "begin": self.begin,
-            "stop": self.stop, "unit": self.unit,
+            "start": self.start,
+            "end": self.end,
+            "begin": self.begin,
+            "stop": self.stop,
+            "unit": self.unit,
         }
 
     def __repr__(self) -> str:

@@ -23,13 +23,34 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 #: shadow them, so that ``loss="mse"`` always means Keras' mean squared error.
 KERAS_LOSS_NAMES = frozenset(
     {
-        "binary_crossentropy", "binary_focal_crossentropy", "categorical_crossentropy",
-        "categorical_focal_crossentropy", "categorical_hinge", "circle", "cosine_similarity",
-        "ctc", "dice", "hinge", "huber", "kl_divergence", "kld", "kullback_leibler_divergence",
-        "log_cosh", "logcosh", "mae", "mape", "mean_absolute_error",
-        "mean_absolute_percentage_error", "mean_squared_error",
-        "mean_squared_logarithmic_error", "mse", "msle", "poisson",
-        "sparse_categorical_crossentropy", "squared_hinge", "tversky",
+        "binary_crossentropy",
+        "binary_focal_crossentropy",
+        "categorical_crossentropy",
+        "categorical_focal_crossentropy",
+        "categorical_hinge",
+        "circle",
+        "cosine_similarity",
+        "ctc",
+        "dice",
+        "hinge",
+        "huber",
+        "kl_divergence",
+        "kld",
+        "kullback_leibler_divergence",
+        "log_cosh",
+        "logcosh",
+        "mae",
+        "mape",
+        "mean_absolute_error",
+        "mean_absolute_percentage_error",
+        "mean_squared_error",
+        "mean_squared_logarithmic_error",
+        "mse",
+        "msle",
+        "poisson",
+        "sparse_categorical_crossentropy",
+        "squared_hinge",
+        "tversky",
     }
 )
 # ``dice`` is a Keras loss name too, but our ``dice`` plugin is a superset
@@ -38,7 +59,7 @@ KERAS_LOSS_NAMES = frozenset(
 SHADOWABLE_KERAS_NAMES = frozenset({"dice"})
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     """What a tensor holds. The conformance kit generates data from the kind."""
 
     LOGITS = "logits"  #: unnormalised class scores, shape (B, C)
@@ -57,7 +78,7 @@ class Kind(str, enum.Enum):
         return self.value
 
 
-class Source(str, enum.Enum):
+class Source(enum.StrEnum):
     """Which mapping of ``build_loss_graph`` a tensor is read from."""
 
     INPUTS = "inputs"
@@ -70,8 +91,7 @@ class Source(str, enum.Enum):
 def _check_identifier(instance: Any, attribute: attrs.Attribute, value: str) -> None:
     if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value):
         raise InvalidSpecError(
-            f"{type(instance).__name__}.{attribute.name} must be a Python identifier, "
-            f"got {value!r}"
+            f"{type(instance).__name__}.{attribute.name} must be a Python identifier, got {value!r}"
         )
 
 
@@ -380,9 +400,7 @@ class Metric:
     """
 
     value: Any
-    aggregation: str = attrs.field(
-        default="mean", validator=attrs.validators.in_(("mean", "sum"))
-    )
+    aggregation: str = attrs.field(default="mean", validator=attrs.validators.in_(("mean", "sum")))
 
 
 @attrs.frozen

@@ -256,7 +256,7 @@ def call_plugin(
         loss = ops.convert_to_tensor(loss)
         if not _is_float(loss.dtype):
             raise PluginResultError(
-                f"{where} returned a loss of dtype {loss.dtype.name if hasattr(loss.dtype, 'name') else loss.dtype}; "
+                f"{where} returned a loss of dtype {tf.as_dtype(loss.dtype).name}; "
                 "losses must be floating point (cast with keras.ops.cast(x, 'float32'))"
             )
         rank = len(loss.shape)
@@ -293,9 +293,9 @@ def _batch_size_hint(
             continue
         mapping = inputs if tensor.source.value == "inputs" else outputs
         value = mapping.get(tensor.name)
-        if value is not None and hasattr(value, "shape") and len(value.shape) > 0:
-            if value.shape[0] is not None:
-                sizes.add(int(value.shape[0]))
+        shape = getattr(value, "shape", None)
+        if shape is not None and len(shape) > 0 and shape[0] is not None:
+            sizes.add(int(shape[0]))
     return sizes.pop() if len(sizes) == 1 else None
 
 

@@ -47,9 +47,18 @@ class KitTrunk(keras.layers.Layer):
         joined = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
         return self.dense(joined)
 
+    @staticmethod
+    def _shapes(input_shape: Any) -> list[tuple]:
+        if isinstance(input_shape, list) and input_shape and not isinstance(input_shape[0], int):
+            return [tuple(s) for s in input_shape]
+        return [tuple(input_shape)]
+
+    def build(self, input_shape: Any) -> None:
+        total = sum(max(1, math.prod(s[1:])) for s in self._shapes(input_shape))
+        self.dense.build((None, total))
+
     def compute_output_shape(self, input_shape: Any) -> Any:
-        first = keras.tree.flatten(input_shape)[0] if isinstance(input_shape, list | dict) else input_shape
-        return (first[0], self.units)
+        return (self._shapes(input_shape)[0][0], self.units)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "units": self.units}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from ..properties import Example
 from ..specs import PluginSpec, config_to_dict
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_SNIPPET_ELEMENTS = 64
 
 
@@ -201,11 +203,15 @@ def failure_report(
     """The bug-report text of one failed check."""
     where = ""
     if spec is not None:
-        from ..registry import registry
+        from ..registry import IN_PROCESS, registry
 
         try:
             entry = registry.entry(plugin)
-            where = f" (from {entry.distribution} {entry.version})"
+            where = (
+                " (registered in-process)"
+                if entry.distribution == IN_PROCESS
+                else f" (from {entry.distribution} {entry.version})"
+            )
         except Exception:
             where = ""
     lines = [f"lossplug conformance failure: plugin {plugin!r}{where}, check {check!r}"]
@@ -213,12 +219,12 @@ def failure_report(
     shown = example
     call: dict[str, Any] = {}
     if isinstance(error, KitFailure):
-        lines.append(f"  problem:  {error.detail}")
+        lines.append(f"  problem:  {_ANSI.sub('', error.detail)}")
         if error.example is not None:
             shown = error.example
         call = error.call
     else:
-        text = f"{type(error).__name__}: {error}".strip()
+        text = _ANSI.sub("", f"{type(error).__name__}: {error}".strip())
         notes = [n for n in getattr(error, "__notes__", []) if "Falsifying" not in n]
         lines.append("  problem:  the plugin raised " + text.replace("\n", "\n            "))
         for note in notes:
