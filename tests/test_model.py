@@ -258,3 +258,54 @@ def test_mixed_precision_losses_in_float32():
         assert centers.dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_recompile_keeps_trained_state():
+    x, y = make_data()
+    model = make_model()
+    model.compile("adam", loss=["toy_ce", lossplug.use("toy_center", num_classes=4)])
+    model.fit(x, y, epochs=1, verbose=0)
+    centers = next(w for w in model.weights if w.path.endswith("centers"))
+    trained = keras.ops.convert_to_numpy(centers).copy()
+    model.compile("sgd", loss=["toy_ce", lossplug.use("toy_center", weight=0.1, num_classes=4)])
+    again = [w for w in model.weights if w.path.endswith("centers")]
+    assert len(again) == 1
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again[0]), trained)
+    assert "toy_center" in model.fit(x, y, epochs=1, verbose=0).history
+
+
+def test_saving_needs_serializable_schedule(tmp_path):
+    model = make_model(expose=())
+    model.compile(loss=lossplug.use("toy_ce", weight=lambda epoch: 1.0 / (1 + epoch)))
+    with pytest.raises(lossplug.PluginConfigError, match="register_keras_serializable"):
+        model.save(tmp_path / "m.keras")
+
+
+def test_registered_callable_schedule_round_trips(tmp_path):
+    @keras.saving.register_keras_serializable(package="tests")
+    def halving(epoch):
+        return 0.5**epoch
+
+    x, y = make_data()
+    model = make_model(expose=())
+    model.compile(loss=lossplug.use("toy_ce", weight=halving))
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    h = loaded.fit(x, y, epochs=2, verbose=0).history
+    ratio = h["toy_ce"][1] / h["toy_ce"][0]
+    assert 0.3 < ratio < 0.6  # weight halves from epoch 0 to epoch 1
+
+
+def test_in_process_plugin_missing_on_load(tmp_path, toy_plugins):
+    x, y = make_data()
+    model = make_model(expose=())
+    model.compile(loss="toy_ce")
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    lossplug.unregister("toy_ce")
+    try:
+        with pytest.raises(lossplug.PluginNotInstalledError, match="lossplug.register"):
+            keras.models.load_model(tmp_path / "m.keras")
+    finally:
+        lossplug.register(toy_plugins.SparseCE())

@@ -206,7 +206,8 @@ class FromCallable(Schedule):
         return value
 
     def get_config(self) -> dict[str, Any]:
-        serialized = keras.saving.serialize_keras_object(self.fn)
+        is_lambda = getattr(self.fn, "__name__", "") == "<lambda>"
+        serialized = None if is_lambda else keras.saving.serialize_keras_object(self.fn)
         if not isinstance(serialized, dict) or serialized.get("class_name") != "function":
             raise PluginConfigError(
                 f"cannot save the schedule function {self.fn!r}: only functions registered "

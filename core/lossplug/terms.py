@@ -78,6 +78,12 @@ class Term:
         try:
             entry = registry.entry(self.plugin)
         except UnknownPluginError as exc:
+            if not self.distribution:
+                raise PluginNotInstalledError(
+                    f"this model uses the loss plugin {self.plugin!r}, which was registered "
+                    "in-process when the model was saved and is not registered now. Call "
+                    "lossplug.register(...) with that plugin before loading the model."
+                ) from exc
             if self.distribution:
                 raise PluginNotInstalledError(
                     f"this model uses the loss plugin {self.plugin!r} from the distribution "
@@ -88,8 +94,8 @@ class Term:
                 ) from exc
             raise
         self.spec = registry.spec(self.plugin)
-        self.distribution = entry.distribution
-        self.version = entry.version
+        if entry.entry_point is not None:
+            self.distribution, self.version = entry.distribution, entry.version
         self.config = make_config(self.spec, self._raw_config)
         declared = {t.name for t in self.spec.tensors}
         unknown = sorted(set(self.bind) - declared)
