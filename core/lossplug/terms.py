@@ -75,24 +75,7 @@ class Term:
 
     def _resolve(self) -> None:
         assert self.plugin is not None
-        try:
-            entry = registry.entry(self.plugin)
-        except UnknownPluginError as exc:
-            if not self.distribution:
-                raise PluginNotInstalledError(
-                    f"this model uses the loss plugin {self.plugin!r}, which was registered "
-                    "in-process when the model was saved and is not registered now. Call "
-                    "lossplug.register(...) with that plugin before loading the model."
-                ) from exc
-            if self.distribution:
-                raise PluginNotInstalledError(
-                    f"this model uses the loss plugin {self.plugin!r} from the distribution "
-                    f"{self.distribution} {self.version or ''}".rstrip()
-                    + f", which is not installed. Install it (pip install "
-                    f"{self.distribution}{'==' + self.version if self.version else ''}) and "
-                    "load the model again."
-                ) from exc
-            raise
+        entry = registry.entry(self.plugin)
         self.spec = registry.spec(self.plugin)
         if entry.entry_point is not None:
             self.distribution, self.version = entry.distribution, entry.version
@@ -140,11 +123,33 @@ class Term:
         if "keras_loss" in config:
             config["keras_loss"] = keras.saving.deserialize_keras_object(config["keras_loss"])
         plugin = config.pop("plugin", None)
-        return cls(plugin, **config)
+        try:
+            return cls(plugin, **config)
+        except UnknownPluginError as exc:
+            raise _not_installed(plugin, config.get("distribution"), config.get("version")) from exc
 
     def __repr__(self) -> str:
         what = self.plugin if self.plugin is not None else _keras_loss_name(self.keras_loss)
         return f"Term({what!r}, weight={self.weight!r})"
+
+
+def _not_installed(
+    plugin: str | None, distribution: str | None, version: str | None
+) -> PluginNotInstalledError:
+    """The error for a saved model whose plugin is not available here."""
+    if not distribution:
+        return PluginNotInstalledError(
+            f"this model uses the loss plugin {plugin!r}, which was registered in-process "
+            "when the model was saved and is not registered now. Call lossplug.register(...) "
+            "with that plugin before loading the model."
+        )
+    pin = f"=={version}" if version else ""
+    return PluginNotInstalledError(
+        f"this model uses the loss plugin {plugin!r} from the distribution {distribution} "
+        f"{version or ''}".rstrip()
+        + f", which is not installed here (or is disabled). Install it (pip install "
+        f"{distribution}{pin}) and load the model again."
+    )
 
 
 def _keras_loss_name(loss: Any) -> str:
