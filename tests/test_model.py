@@ -194,8 +194,13 @@ def test_unknown_loss_name_in_compile():
 def test_expose_errors():
     inputs = keras.Input((4,))
     out = keras.layers.Dense(2, name="out")(inputs)
+    dead_end = keras.layers.Dense(2, name="dead_end")(inputs)
     with pytest.raises(lossplug.CompileError, match="no layer named 'nope'"):
         lossplug.LossModel(inputs, out, expose=["nope"])
+    with pytest.raises(lossplug.CompileError, match="leads to none of the model's outputs"):
+        lossplug.LossModel(inputs, out, expose={"dead": dead_end})
+    with pytest.raises(lossplug.CompileError, match="already an output"):
+        lossplug.LossModel(inputs, out, expose=["out"])
 
 
 def test_non_finite_first_step_names_plugin():
@@ -309,3 +314,47 @@ def test_in_process_plugin_missing_on_load(tmp_path, toy_plugins):
             keras.models.load_model(tmp_path / "m.keras")
     finally:
         lossplug.register(toy_plugins.SparseCE())
+
+
+def test_extra_targets_reach_plugins_by_name(tmp_path):
+    x, y = make_data()
+    masks = (x[:, :4] > 0).astype("float32")
+    inputs = keras.Input((16,), name="x_in")
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    mask_logits = keras.layers.Dense(4, name="mask_logits")(hidden)
+    both = keras.layers.Concatenate()([hidden, mask_logits])
+    logits = keras.layers.Dense(4, name="logits")(both)
+    model = lossplug.LossModel(inputs, logits, expose=["mask_logits"])
+    mask_term = lossplug.use(
+        "toy_center", num_classes=4, bind={"features": "mask_logits", "y_true": "mask_label"}
+    )
+    with pytest.raises(lossplug.MissingTensorError, match=r"targets=\{'mask_label': shape\}"):
+        model.compile("adam", loss=["toy_ce", mask_term])
+    model.compile("adam", loss=["toy_ce", mask_term], targets={"mask_label": ((), "int32")})
+    labels = masks.sum(axis=1).astype("int32") % 4
+    h = model.fit(x, {"logits": y, "mask_label": labels}, epochs=1, verbose=0).history
+    assert {"toy_ce", "toy_center"} <= set(h)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    r = loaded.evaluate(x, {"logits": y, "mask_label": labels}, verbose=0, return_dict=True)
+    assert r["toy_center"] == pytest.approx(
+        model.evaluate(x, {"logits": y, "mask_label": labels}, verbose=0, return_dict=True)[
+            "toy_center"
+        ],
+        rel=1e-5,
+    )
+
+
+def test_recompile_with_renamed_term_drops_old_state(tmp_path):
+    x, y = make_data()
+    model = make_model()
+    model.compile("adam", loss=["toy_ce", lossplug.use("toy_center", num_classes=4)])
+    model.compile(
+        "adam", loss=["toy_ce", lossplug.use("toy_center", num_classes=4, display_name="c2")]
+    )
+    paths = [w.path for w in model.weights if w.path.endswith("centers")]
+    assert paths == ["lossplug_state_c2/centers"]
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)

@@ -141,7 +141,9 @@ class LossModel(keras.Model):
                 except ValueError:
                     names = ", ".join(layer.name for layer in self.layers)
                     raise CompileError(
-                        f"expose: this model has no layer named {name!r}; its layers are: {names}"
+                        f"expose: this model has no layer named {name!r}; its layers are: "
+                        f"{names}. (A layer whose output leads to none of the model's outputs is "
+                        "not part of the model and would not be trained: make it an output.)"
                     ) from None
                 try:
                     tensor = layer.output
@@ -151,6 +153,14 @@ class LossModel(keras.Model):
                         "output is ambiguous; pass expose={'a_name': tensor} with the tensor you "
                         f"mean ({exc})"
                     ) from None
+            else:
+                owner = tensor._keras_history.operation
+                if not any(owner is layer for layer in self.layers):
+                    raise CompileError(
+                        f"expose: the tensor {name!r} comes from layer {owner.name!r}, which "
+                        "leads to none of the model's outputs, so it is not part of the model "
+                        "and would not be trained or saved: make it an output."
+                    )
             exposed[name] = tensor
         graph = None
         if exposed:
@@ -234,6 +244,7 @@ class LossModel(keras.Model):
         jit_compile: Any = "auto",
         auto_scale_loss: bool = True,
         check_finite: bool = True,
+        targets: Mapping[str, Any] | None = None,
     ) -> None:
         """Configure training; ``loss`` takes plugin names, ``lossplug.use(...)``, Keras losses.
 
@@ -245,7 +256,13 @@ class LossModel(keras.Model):
         the terms of each output. With ``check_finite`` the first training
         batch raises :class:`lossplug.NonFiniteLossError` naming the plugin
         whose term is NaN or infinite.
+
+        ``targets`` declares targets that are not model outputs (``fit(x, {"logits":
+        labels, "mask": masks})``) as ``{name: shape}`` or ``{name: (shape, dtype)}``
+        without the batch axis, so plugins can be bound to them
+        (``bind={"y_true": "mask"}``) and checked at compile time.
         """
+        extra_targets = _parse_targets(targets, _flat_output_names(self))
         bound = self._bind_terms(loss, loss_weights)
         super().compile(
             optimizer=optimizer,
@@ -258,6 +275,7 @@ class LossModel(keras.Model):
             auto_scale_loss=auto_scale_loss,
         )
         state = self._lossplug.value
+        state["targets"] = extra_targets
         old_stores = {b.name: b.state for b in state["terms"] if b.state is not None}
         if self._lossplug_clock.value is None:
             self._lossplug_clock.value = keras.Variable(
@@ -269,9 +287,18 @@ class LossModel(keras.Model):
         state["loss"] = loss
         state["loss_weights"] = loss_weights
         state["check_finite"] = check_finite
-        self._lossplug_state_stores = [
-            b.state for b in bound if b.state is not None and b.state.weights
-        ]
+        # One tracked list, mutated in place, so that a store whose term is gone
+        # after a recompile stops being part of the model (weights, saving).
+        if not hasattr(self, "_lossplug_state_stores"):
+            self._lossplug_state_stores = []
+        stores = self._lossplug_state_stores
+        live = [b.state for b in bound if b.state is not None and b.state.weights]
+        for store in list(stores):
+            if not any(store is s for s in live):
+                stores.remove(store)
+        for store in live:
+            if not any(store is s for s in stores):
+                stores.append(store)
 
     def _bind_terms(self, loss: Any, loss_weights: Any) -> list[_BoundTerm]:
         outputs = _flat_output_names(self)
@@ -395,12 +422,12 @@ class LossModel(keras.Model):
             return ops.zeros(pred.shape, dtype="float32")
 
         kind = wanted[0].kind if wanted else None
-        if b.output is not None:
-            return {
-                name: target_like(p, kind if name == b.output else None)
-                for name, p in preds.items()
-            }
-        return {name: target_like(p, None) for name, p in preds.items()}
+        dummies = {
+            name: target_like(p, kind if name == b.output else None) for name, p in preds.items()
+        }
+        for name, (shape, dtype) in self._lossplug.value.get("targets", {}).items():
+            dummies[name] = ops.zeros((PROBE_BATCH, *shape), dtype=dtype)
+        return dummies
 
     # ------------------------------------------------------------------ loss
     def _namespaces(
@@ -602,6 +629,9 @@ class LossModel(keras.Model):
         config["loss"] = keras.saving.serialize_keras_object(_serializable_loss(state["loss"]))
         config["loss_weights"] = state["loss_weights"]
         config["check_finite"] = state.get("check_finite", True)
+        config["targets"] = {
+            name: [list(shape), dtype] for name, (shape, dtype) in state.get("targets", {}).items()
+        } or None
         return config
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
@@ -609,6 +639,34 @@ class LossModel(keras.Model):
         self.compile(**config)
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)
+
+
+def _parse_targets(targets: Mapping[str, Any] | None, outputs: list[str]) -> dict[str, Any]:
+    """``{name: shape}`` or ``{name: (shape, dtype)}`` -> ``{name: (shape tuple, dtype)}``."""
+    parsed: dict[str, Any] = {}
+    for name, value in (targets or {}).items():
+        if name in outputs or name in {"y_true", "y_pred"}:
+            raise CompileError(
+                f"compile(targets=...): {name!r} is an output (or reserved) name; declare only "
+                "targets that are not model outputs"
+            )
+        dtype = "float32"
+        if (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and isinstance(value[1], str)
+            and isinstance(value[0], list | tuple)
+        ):
+            value, dtype = value
+        try:
+            shape = tuple(int(d) for d in value)
+        except (TypeError, ValueError):
+            raise CompileError(
+                f"compile(targets=...): the shape of {name!r} must be a tuple of ints without "
+                f"the batch axis (e.g. (32, 32, 1)), got {value!r}"
+            ) from None
+        parsed[name] = (shape, dtype)
+    return parsed
 
 
 def _serializable_loss(loss: Any) -> Any:
@@ -659,6 +717,12 @@ def _missing_message(
         hint = (
             " This model has several outputs: attach the term to one of them with "
             "compile(loss={output_name: ...}) or bind 'y_pred'."
+        )
+    elif tensor.source == Source.INPUTS:
+        hint = (
+            f" If {target!r} is a target you pass in fit's y dict, declare it with "
+            f"compile(..., targets={{{target!r}: shape}}); or bind it to one of the available "
+            f"tensors: lossplug.use({spec.name!r}, bind={{{tensor.name!r}: 'name'}})."
         )
     else:
         hint = (
