@@ -284,16 +284,16 @@ def plot_features(path: Path, panels: list[dict[str, Any]]) -> None:
         if centers is not None:
             ax.scatter(
                 centers[:, 0], centers[:, 1], marker="X", s=70, color="black",
-                edgecolors="white", linewidths=0.8, label="learned centre", zorder=3,
+                edgecolors="white", linewidths=0.8, label="learned centre", zorder=5,
             )  # fmt: skip
         for c in range(NUM_CLASSES):
             points = features[labels == c]
             if len(points):
                 mx, my = points.mean(axis=0)
                 ax.annotate(
-                    str(c), (mx, my), xytext=(9, 9), textcoords="offset points",
+                    str(c), (mx, my), xytext=(13, 13), textcoords="offset points",
                     fontsize=15, fontweight="bold", ha="center", va="center",
-                    color=colors[c], zorder=4,
+                    color=colors[c], zorder=6,
                     path_effects=[effects.withStroke(linewidth=3.5, foreground="white")],
                 )  # fmt: skip
         ax.set_aspect("equal", adjustable="datalim")
