@@ -94,3 +94,45 @@ def test_metrics_only_plugin_adds_no_loss(registered):
     h = m.fit(np.ones((4, 3)), np.zeros((4, 3)), epochs=1, verbose=0).history
     assert "only_metrics_mean_pred" in h and "only_metrics" not in h
     assert h["loss"][0] == pytest.approx(h["mse"][0], rel=1e-5)
+
+
+def test_metric_plugin_main_metric_goes_by_term_name(registered):
+    registered(
+        "mean_pred",
+        lambda p: lossplug.LossResult(None, {"mean_pred": ops.mean(p)}),
+        returns="metrics",
+    )
+    m = model()
+    m.compile("sgd", loss=["mse", "mean_pred"])
+    h = m.fit(np.ones((4, 3)), np.zeros((4, 3)), epochs=1, verbose=0).history
+    assert "mean_pred" in h and "mean_pred_mean_pred" not in h
+
+
+def test_probe_accepts_sparse_targets_for_any_kind(registered):
+    class AnyTargets:
+        @hookimpl
+        def lossplug_spec(self):
+            return PluginSpec(
+                name="any_targets",
+                description="test",
+                config=Empty,
+                tensors=(
+                    TensorSpec("y_true", Kind.ANY, source="inputs"),
+                    TensorSpec("y_pred", Kind.ANY),
+                ),
+            )
+
+        @hookimpl
+        def build_loss_graph(self, inputs, outputs, extras):
+            return keras.losses.sparse_categorical_crossentropy(
+                inputs["y_true"], outputs["y_pred"], from_logits=True
+            )
+
+    lossplug.register(AnyTargets(), replace=True)
+    try:
+        m = model()
+        m.compile("sgd", loss="any_targets")
+        h = m.fit(np.ones((4, 3)), np.array([0, 1, 2, 0]), epochs=1, verbose=0).history
+        assert np.isfinite(h["any_targets"][0])
+    finally:
+        lossplug.unregister("any_targets")

@@ -387,6 +387,8 @@ class LossModel(keras.Model):
         b.has_loss = probe.loss is not None
         for metric_name, (_, aggregation) in probe.metrics.items():
             full = f"{b.name}_{metric_name}"
+            if not b.has_loss and metric_name in (term.spec.name, b.name):
+                full = b.name  # a metric plugin's main metric goes by the term's name
             cls = keras.metrics.Sum if aggregation == "sum" else keras.metrics.Mean
             b.plugin_metrics[metric_name] = cls(name=full)
         if probe.loss is None and term.spec.returns != "metrics":
@@ -403,10 +405,21 @@ class LossModel(keras.Model):
         x = keras.tree.map_structure(dummy, self.input)
         y_pred = keras.tree.map_structure(dummy, self.output)
         exposed = {k: dummy(v) for k, v in self._lossplug.value["expose"].items()}
-        y = self._dummy_targets(b, y_pred)
-        return self._evaluate_term(b, x, y, y_pred, exposed, None, training=False, probing=True)
+        try:
+            y = self._dummy_targets(b, y_pred)
+            return self._evaluate_term(b, x, y, y_pred, exposed, None, training=False)
+        except (LossplugError, KeyError):
+            raise
+        except Exception as first:
+            # The targets' form is unknown before fit: a plugin reading "any" targets
+            # may expect sparse class ids where we guessed the prediction's shape.
+            try:
+                y = self._dummy_targets(b, y_pred, sparse=True)
+                return self._evaluate_term(b, x, y, y_pred, exposed, None, training=False)
+            except Exception:
+                raise first from None
 
-    def _dummy_targets(self, b: _BoundTerm, y_pred: Any) -> Any:
+    def _dummy_targets(self, b: _BoundTerm, y_pred: Any, sparse: bool = False) -> Any:
         spec = b.term.spec
         wanted = [
             t
@@ -422,6 +435,8 @@ class LossModel(keras.Model):
             return ops.zeros(pred.shape, dtype="float32")
 
         kind = wanted[0].kind if wanted else None
+        if sparse:
+            kind = Kind.SPARSE_LABELS
         dummies = {
             name: target_like(p, kind if name == b.output else None) for name, p in preds.items()
         }
@@ -500,7 +515,6 @@ class LossModel(keras.Model):
         sample_weight: Any,
         *,
         training: bool,
-        probing: bool = False,
     ) -> Any:
         inputs, outputs = self._namespaces(b, x, y, y_pred, exposed)
         term = b.term
