@@ -2,14 +2,15 @@
 
 For activations a of shape (B, ...) (bind ``activations`` to an exposed layer)::
 
-    activation_norm = (1 / B) * sum_b ||a_b||^2,   ||a_b||^2 = sum over every non-batch axis of a_b^2
+    activation_norm = (1 / B) * sum_b ||a_b||^2
+    ||a_b||^2 = sum of a_b^2 over every non-batch axis
 
-computed in float32 and shown in the progress bar and ``History`` while training
-(and under ``val_`` on validation data); the epoch value is the mean over all
-samples of the epoch. The plugin returns no loss (its spec declares
-``returns="metrics"``), so it never changes training: use it to watch
-activations grow or collapse. To *penalise* them instead, use a loss plugin
-such as ``bind`` with ``loss="mse"`` against zeros, or an activity regulariser.
+computed in float32 (float64 for float64 activations) and shown in the
+progress bar and ``History`` while training (and under ``val_`` on validation
+data); the epoch value is the mean over all samples of the epoch. The plugin
+returns no loss (its spec declares ``returns="metrics"``), so it never changes
+training: use it to watch activations grow or collapse. To *penalise* them
+instead, give the layer an ``activity_regularizer``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-from keras import ops
-
+import keras
 import lossplug
+from keras import ops
 from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec
 
 
@@ -30,8 +31,13 @@ class Config:
 
 
 def squared_norms(activations: Any) -> Any:
-    """||a_b||^2 per sample, shape (B,), in float32 (a (B,) tensor is one unit per sample)."""
-    a = ops.cast(ops.convert_to_tensor(activations), "float32")
+    """||a_b||^2 per sample, shape (B,) (a (B,) tensor is one unit per sample).
+
+    Computed in float32, or in float64 for float64 activations.
+    """
+    a = ops.convert_to_tensor(activations)
+    wide = keras.backend.standardize_dtype(a.dtype) == "float64"
+    a = ops.cast(a, "float64" if wide else "float32")
     squares = ops.square(a)
     axes = tuple(range(1, len(a.shape)))
     return ops.sum(squares, axis=axes) if axes else squares
@@ -45,7 +51,9 @@ def lossplug_spec() -> PluginSpec:
         config=Config,
         tensors=(
             TensorSpec(
-                "activations", Kind.REAL, shape=("B", "D"),
+                "activations",
+                Kind.REAL,
+                shape=("B", "D"),
                 description="activations of shape (B, ...); bind to an exposed layer",
             ),
         ),

@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-from keras import ops
-
 import lossplug
+from keras import ops
 from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec
+
+NAME = "categorical_true_positives"
 
 
 @attrs.frozen
@@ -65,16 +66,21 @@ def true_positive_count(y_true: Any, y_pred: Any, sample_weight: Any = None) -> 
 @lossplug.hookimpl
 def lossplug_spec() -> PluginSpec:
     return PluginSpec(
-        name="categorical_true_positives",
+        name=NAME,
         description="metric: number of correct arg-max predictions, summed over the epoch",
         config=Config,
         tensors=(
             TensorSpec(
-                "y_true", Kind.LABELS, source="inputs", classes="C",
+                "y_true",
+                Kind.LABELS,
+                source="inputs",
+                classes="C",
                 description="sparse (B,) or one-hot (B, C) labels",
             ),
             TensorSpec(
-                "y_pred", Kind.LOGITS, shape=("B", "C"),
+                "y_pred",
+                Kind.LOGITS,
+                shape=("B", "C"),
                 description="logits or probabilities (the arg-max is the same)",
             ),
         ),
@@ -86,10 +92,15 @@ def lossplug_spec() -> PluginSpec:
 def build_loss_graph(
     inputs: Mapping[str, Any], outputs: Mapping[str, Any], extras: lossplug.Extras
 ) -> LossResult:
-    count = true_positive_count(inputs["y_true"], outputs["y_pred"], extras.sample_weight)
-    return LossResult(
-        loss=None, metrics={"categorical_true_positives": Metric(count, aggregation="sum")}
-    )
+    y_pred = outputs["y_pred"]
+    if y_pred.shape[-1] == 1:
+        raise lossplug.PluginConfigError(
+            f"metric plugin {NAME!r}: y_pred has shape {tuple(y_pred.shape)}, a single class, "
+            "whose arg-max is always 0; it needs scores for C >= 2 classes (for a binary "
+            "sigmoid output use keras.metrics.BinaryAccuracy or TruePositives)"
+        )
+    count = true_positive_count(inputs["y_true"], y_pred, extras.sample_weight)
+    return LossResult(loss=None, metrics={NAME: Metric(count, aggregation="sum")})
 
 
 __all__ = [

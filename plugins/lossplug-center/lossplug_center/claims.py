@@ -37,5 +37,7 @@ def check_alpha_keeps_value(example: Example, loss_fn: Callable[[Example], Any])
     """The loss at alpha = 0, 0.5 and 1 is the loss at the example's alpha."""
     base = np.asarray(loss_fn(example))
     for alpha in (0.0, 0.5, 1.0):
-        other = np.asarray(loss_fn(example.replace(config=attrs.evolve(example.config, alpha=alpha))))
+        other = np.asarray(
+            loss_fn(example.replace(config=attrs.evolve(example.config, alpha=alpha)))
+        )
         np.testing.assert_allclose(other, base, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tensorflow as tf
 from keras import ops
 
 PLUGIN = "center"
@@ -35,17 +36,34 @@ def class_ids(y_true: Any, num_classes: int) -> Any:
             f"loss plugin {PLUGIN!r}: y_true must hold class ids of shape (batch,) (or one-hot "
             f"rows of shape (batch, num_classes={num_classes})), got shape {shape}"
         )
-    return ops.cast(y_true, "int32")
+    ids = ops.cast(y_true, "int32")
+    # Checked also in compiled graphs: on GPU an out-of-range id would silently
+    # gather a zero centre instead of failing.
+    message = (
+        f"loss plugin {PLUGIN!r}: y_true holds a class id outside [0, num_classes={num_classes}); "
+        f"set lossplug.use({PLUGIN!r}, num_classes=<the number of classes>)"
+    )
+    tf.debugging.assert_non_negative(ids, message=message)
+    tf.debugging.assert_less(ids, num_classes, message=message)
+    return ids
 
 
 def effective_centers(centers: Any, alpha: float) -> Any:
-    """Centres whose value is ``centers`` but whose gradient is scaled by alpha."""
-    if alpha == 1.0:
-        return centers
-    frozen = ops.stop_gradient(centers)
+    """Centres whose value is ``centers`` but whose gradient is scaled by alpha.
+
+    The product with alpha (also alpha = 1) makes the centres' gradient a dense
+    tensor. Gathering straight from the variable would give ``tf.IndexedSlices``
+    with one slice per sample, repeated for every sample of a class, and Keras
+    3's Adam squares those slices before summing them (sum of squares instead of
+    square of sum), so its steps for a class with k samples in the batch would be
+    up to sqrt(k) times too large.
+    """
     if alpha == 0.0:
-        return frozen
-    return alpha * centers + (1.0 - alpha) * frozen
+        return ops.stop_gradient(centers)
+    scaled = alpha * ops.convert_to_tensor(centers)
+    if alpha == 1.0:
+        return scaled
+    return scaled + (1.0 - alpha) * ops.stop_gradient(centers)
 
 
 def center_loss(features: Any, labels: Any, centers: Any, alpha: float = 1.0) -> Any:

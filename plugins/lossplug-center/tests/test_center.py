@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from lossplug.extras import Extras, StateStore
 from lossplug.properties import Example
 from lossplug.terms import call_plugin
+from lossplug.testing import conformance_tests
 from lossplug_center import claims
 from lossplug_center.loss import center_loss
 
@@ -38,7 +39,11 @@ def run(labels, features, centers=None, store=None, **config):
 
     def call():
         return call_plugin(
-            spec, plugin.build_loss_graph, {"y_true": labels}, {"features": features}, extras,
+            spec,
+            plugin.build_loss_graph,
+            {"y_true": labels},
+            {"features": features},
+            extras,
             term=spec.name,
         )
 
@@ -60,6 +65,10 @@ def batches(draw):
     centers = draw(hnp.arrays(np.float32, (k, d), elements=values))
     labels = draw(hnp.arrays(np.int64, (b,), elements=st.integers(0, k - 1)))
     return labels, features, centers
+
+
+# The conformance kit: every generic check plus one check per claimed property.
+test_conformance = conformance_tests("center")
 
 
 # ----------------------------------------------------------------- mathematics
@@ -100,6 +109,31 @@ def test_alpha_scales_only_the_centres_gradient(batch, alpha):
     np.testing.assert_allclose(grad_c, alpha * expected_c, rtol=1e-4, atol=1e-2)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 0.25])
+def test_adam_first_step_is_bounded_by_the_learning_rate(alpha):
+    """Adam's first step moves no centre coordinate by more than lr, with repeated labels too.
+
+    (Gathering straight from the variable gives IndexedSlices with duplicate rows, for
+    which Keras' Adam steps up to sqrt(k) * lr.) Under Adam alpha cancels out, as the
+    README says: any alpha > 0 takes the same first step.
+    """
+    features = np.array([[1.0, -2.0], [3.0, 0.5], [2.0, 1.0], [-1.0, 1.0]], np.float32)
+    labels = np.array([0, 0, 0, 1])
+
+    def adam_step(a):
+        centers = keras.Variable(np.zeros((3, 2), np.float32))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(center_loss(features, labels, centers, a))
+        keras.optimizers.Adam(0.1).apply_gradients([(tape.gradient(loss, centers.value), centers)])
+        return centers.numpy()
+
+    step = adam_step(alpha)
+    assert np.abs(step).max() <= 0.1 * (1 + 1e-5)
+    np.testing.assert_allclose(np.abs(step[:2]), 0.1, rtol=1e-3)  # sign steps of size lr
+    np.testing.assert_array_equal(step[2], 0.0)  # class 2 is not in the batch
+    np.testing.assert_allclose(step, adam_step(1.0 if alpha != 1.0 else 0.5), rtol=1e-3)
+
+
 def test_centres_are_state_created_once():
     store = StateStore(plugin="center")
     features = np.ones((3, 4), np.float32)
@@ -114,6 +148,12 @@ def test_centres_are_state_created_once():
     assert len(store.weights) == 1
 
 
+def test_alpha_zero_freezes_the_centres():
+    store = StateStore(plugin="center")
+    run(np.array([1]), np.ones((1, 2), np.float32), store=store, num_classes=2, alpha=0.0)
+    assert store.trainable_weights == [] and len(store.non_trainable_weights) == 1
+
+
 def test_label_forms_agree():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(4, 3)).astype(np.float32)
@@ -123,8 +163,9 @@ def test_label_forms_agree():
     np.testing.assert_allclose(run(ids[:, None], features, centers, num_classes=5), expected)
     one_hot = np.eye(5, dtype=np.float32)[ids]
     np.testing.assert_allclose(run(one_hot, features, centers, num_classes=5), expected)
-    np.testing.assert_allclose(run(ids.astype(np.float32), features, centers, num_classes=5),
-                               expected)
+    np.testing.assert_allclose(
+        run(ids.astype(np.float32), features, centers, num_classes=5), expected
+    )
 
 
 def test_claim_helpers_hold_on_an_example():
@@ -141,8 +182,13 @@ def test_claim_helpers_hold_on_an_example():
     )
 
     def loss_fn(ex):
-        return run(ex.inputs["y_true"], ex.outputs["features"], store=store,
-                   num_classes=ex.config.num_classes, alpha=ex.config.alpha)
+        return run(
+            ex.inputs["y_true"],
+            ex.outputs["features"],
+            store=store,
+            num_classes=ex.config.num_classes,
+            alpha=ex.config.alpha,
+        )
 
     np.testing.assert_allclose(loss_fn(claims.perfect(example)), 0.0, atol=1e-6)
     assert np.all(loss_fn(example) > 0)
@@ -177,6 +223,13 @@ def test_bad_feature_and_label_shapes_are_explained():
         run(np.zeros((2, 3)), np.zeros((2, 4), np.float32), num_classes=10)
 
 
+def test_out_of_range_class_ids_fail_loudly():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside \[0, num_classes=3\)"):
+        run(np.array([0, 12]), np.zeros((2, 4), np.float32), num_classes=3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes=<the number"):
+        run(np.array([-1]), np.zeros((1, 4), np.float32), num_classes=3)
+
+
 def test_missing_exposed_layer_names_the_tensor():
     inputs = keras.Input((8,))
     model = lossplug.LossModel(inputs, keras.layers.Dense(3)(inputs))
@@ -199,8 +252,9 @@ def _model(loss, optimizer=None):
     logits = keras.layers.Dense(10, name="logits")(features)
     model = lossplug.LossModel(inputs, logits, expose=["features"])
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, name="ce")
-    model.compile(optimizer=optimizer or keras.optimizers.Adam(0.01), loss=[ce, *loss],
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(0.01), loss=[ce, *loss], metrics=["accuracy"]
+    )
     return model
 
 
@@ -222,20 +276,23 @@ def _centers(model):
 def test_center_loss_tightens_classes_on_digits(tmp_path):
     x, y = _digits()
     plain = _model([])
-    plain.fit(x, y, epochs=3, batch_size=64, verbose=0)
-    centred = _model([lossplug.use("center", weight=0.5, num_classes=10, alpha=1.0)])
-    history = centred.fit(x, y, epochs=3, batch_size=64, verbose=0).history
-    assert history["center"][-1] < history["center"][0]
+    plain.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    centred = _model([lossplug.use("center", weight=0.2, num_classes=10, alpha=1.0)])
+    history = centred.fit(x, y, epochs=3, batch_size=32, verbose=0).history
+    # the total falls; the center term itself first grows with the features it measures
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert history["accuracy"][-1] > 0.85
 
     intra_plain, inter_plain, _ = _intra_inter(plain, x, y)
     intra_centred, inter_centred, means = _intra_inter(centred, x, y)
-    assert intra_centred < 0.8 * intra_plain
+    assert intra_centred < 0.6 * intra_plain
     # not a mere rescaling of the feature space: classes are tighter relative to their spacing
     assert intra_centred / inter_centred < 0.9 * intra_plain / inter_plain
     # the learnt centres sit near the class means of the features
     centers = _centers(centred)
-    assert np.linalg.norm(centers - means, axis=1).mean() < 0.5 * np.linalg.norm(means, axis=1).mean()
+    assert (
+        np.linalg.norm(centers - means, axis=1).mean() < 0.5 * np.linalg.norm(means, axis=1).mean()
+    )
 
     path = tmp_path / "centred.keras"
     centred.save(path)
@@ -249,8 +306,10 @@ def test_alpha_sets_the_centre_rate_under_sgd():
     x, y = _digits()
     moved = {}
     for alpha in (0.0, 0.25, 1.0):
-        model = _model([lossplug.use("center", num_classes=10, alpha=alpha)],
-                       optimizer=keras.optimizers.SGD(0.1))
+        model = _model(
+            [lossplug.use("center", num_classes=10, alpha=alpha)],
+            optimizer=keras.optimizers.SGD(0.1),
+        )
         before = _centers(model).copy()
         model.fit(x[:128], y[:128], epochs=1, batch_size=128, verbose=0)
         moved[alpha] = np.abs(_centers(model) - before).sum()

@@ -17,8 +17,10 @@ below only, so BCE is exactly 0 at a perfect 0/1 mask.
 
 For values in [0, 1], 2 * p * t <= p^2 + t^2 <= p + t, so dice_c is in [0, 1] and
 the Dice part of the loss is in [0, 1]; it is 0 when y_pred equals a 0/1 mask
-y_true, and symmetric in y_pred and y_true. These claims hold for
-``bce_weight = 0`` (the default); the BCE term is neither bounded nor symmetric.
+y_true, and symmetric in y_pred and y_true. The bounds and the symmetry hold
+for ``bce_weight = 0`` (the default) and are claimed there (see ``claims.py``);
+the BCE term is neither bounded nor symmetric. Zero at a perfect mask holds
+for every ``bce_weight``.
 The result is per sample, shape (B,): the core applies sample weights and
 averages over the batch.
 
@@ -41,12 +43,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import numpy as np
-from keras import ops
-
+import keras
 import lossplug
+from keras import ops
 from lossplug import Kind, PluginSpec, TensorSpec
-from lossplug.properties import Bounded, Example, Symmetric, ZeroAtPerfect
+
+from .claims import CLAIMS
 
 #: Lower clamp of the probabilities inside the logs of the BCE term.
 EPSILON = 1e-7
@@ -70,9 +72,14 @@ class Config:
     )
 
 
-def _as_masks(x: Any) -> Any:
-    """float32, shape (B, ..., C): a (B,) tensor becomes (B, 1, 1), (B, N) becomes (B, N, 1)."""
-    x = ops.cast(ops.convert_to_tensor(x), "float32")
+def compute_dtype(x: Any) -> str:
+    """float64 for float64 inputs, else float32 (half precision is computed in float32)."""
+    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
+
+
+def _as_masks(x: Any, dtype: str) -> Any:
+    """Shape (B, ..., C) in ``dtype``: a (B,) tensor becomes (B, 1, 1), (B, N) becomes (B, N, 1)."""
+    x = ops.cast(x, dtype)
     if len(x.shape) == 1:
         x = ops.expand_dims(x, -1)
     if len(x.shape) == 2:
@@ -82,19 +89,24 @@ def _as_masks(x: Any) -> Any:
 
 def dice_per_class(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
     """Soft Dice ratio (2 I + smooth) / (P + T + smooth) per sample and class, shape (B, C)."""
-    t, p = _as_masks(y_true), _as_masks(y_pred)
+    y_pred = ops.convert_to_tensor(y_pred)
+    dtype = compute_dtype(y_pred)
+    t, p = _as_masks(y_true, dtype), _as_masks(y_pred, dtype)
     spatial = tuple(range(1, len(p.shape) - 1))
     intersection = ops.sum(p * t, axis=spatial)
     total = ops.sum(p, axis=spatial) + ops.sum(t, axis=spatial) + smooth
-    # Only 0 when smooth == 0 and both masks are empty: a perfect match (ratio 1).
-    # The maximum keeps the unused branch (and its gradient) finite.
-    ratio = (2.0 * intersection + smooth) / ops.maximum(total, EPSILON)
+    # total is 0 only when smooth == 0 and both masks are empty: a perfect match (ratio 1).
+    # The safe denominator keeps the unused branch (and its gradient) finite.
+    safe_total = ops.where(total > 0.0, total, ops.ones_like(total))
+    ratio = (2.0 * intersection + smooth) / safe_total
     return ops.where(total > 0.0, ratio, ops.ones_like(ratio))
 
 
 def binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
-    """Mean over the elements of each sample of the BCE, shape (B,); exactly 0 at p = t in {0, 1}."""
-    t, p = _as_masks(y_true), _as_masks(y_pred)
+    """Mean BCE over the elements of each sample, shape (B,); exactly 0 at p = t in {0, 1}."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    dtype = compute_dtype(y_pred)
+    t, p = _as_masks(y_true, dtype), _as_masks(y_pred, dtype)
     per_element = -(
         t * ops.log(ops.maximum(p, EPSILON)) + (1.0 - t) * ops.log(ops.maximum(1.0 - p, EPSILON))
     )
@@ -109,15 +121,6 @@ def dice_loss(y_true: Any, y_pred: Any, smooth: float = 1.0, bce_weight: float =
     return loss
 
 
-def _perfect_mask(example: Example) -> Example:
-    """y_true rounded to a 0/1 mask, predicted exactly."""
-    mask = np.round(np.clip(np.asarray(example.inputs["y_true"], dtype=np.float64), 0.0, 1.0))
-    mask = mask.astype(np.asarray(example.inputs["y_true"]).dtype)
-    return example.with_tensor("y_true", mask).with_tensor(
-        "y_pred", mask.astype(np.asarray(example.outputs["y_pred"]).dtype)
-    )
-
-
 @lossplug.hookimpl
 def lossplug_spec() -> PluginSpec:
     return PluginSpec(
@@ -126,19 +129,20 @@ def lossplug_spec() -> PluginSpec:
         config=Config,
         tensors=(
             TensorSpec(
-                "y_true", Kind.MASKS, source="inputs", shape=("B", "H", "W", "C"),
+                "y_true",
+                Kind.MASKS,
+                source="inputs",
+                shape=("B", "H", "W", "C"),
                 description="target masks (one-hot over C classes; C = 1 for binary)",
             ),
             TensorSpec(
-                "y_pred", Kind.MASKS, shape=("B", "H", "W", "C"),
+                "y_pred",
+                Kind.MASKS,
+                shape=("B", "H", "W", "C"),
                 description="predicted probabilities (sigmoid or softmax outputs)",
             ),
         ),
-        properties=(
-            Bounded(0.0, 1.0),
-            ZeroAtPerfect(_perfect_mask, atol=1e-5, description="y_pred equal to a 0/1 mask"),
-            Symmetric("y_pred", "y_true"),
-        ),
+        properties=CLAIMS,
     )
 
 

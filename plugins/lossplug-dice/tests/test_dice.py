@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
+import lossplug
+import lossplug_dice
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,31 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
-
-import lossplug
-import lossplug_dice
-from lossplug.properties import Bounded, Example, Symmetric, ZeroAtPerfect
-from lossplug.terms import call_plugin
+from lossplug.properties import Example
+from lossplug.testing import call_plugin, conformance_tests
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
+test_conformance = conformance_tests("dice")  # the kit: every check and claim
+
 
 def call(y_true, y_pred, **config):
-    """Call the installed plugin through the core's validation, as a LossModel does."""
-    spec = lossplug.registry.spec("dice")
-    extras = lossplug.Extras(
-        config=spec.make_config(config),
-        epoch=ops.zeros((), "int64"),
-        step=ops.zeros((), "int64"),
-        training=True,
-        state=lossplug.StateStore(plugin="dice"),
-    )
-    out = call_plugin(
-        spec, lossplug.registry.hook_caller("dice"), {"y_true": y_true}, {"y_pred": y_pred},
-        extras, term="dice",
-    )
-    assert out.per_sample and tuple(out.loss.shape) == (np.shape(y_pred)[0],)
-    return ops.convert_to_numpy(out.loss)
+    """The installed plugin's per-sample loss (float32 NumPy), called as the core calls it."""
+    loss, _ = call_plugin("dice", {"y_true": y_true}, {"y_pred": y_pred}, config=config)
+    assert loss.shape == (np.shape(y_pred)[0],)
+    return loss
 
 
 unit = st.floats(0.0, 1.0, allow_nan=False, width=32)
@@ -47,7 +37,9 @@ unit = st.floats(0.0, 1.0, allow_nan=False, width=32)
 @st.composite
 def mask_pairs(draw, binary_target=False, min_classes=1):
     shape = (
-        draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5)),
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 5)),
+        draw(st.integers(1, 5)),
         draw(st.integers(min_classes, 4)),
     )
     target_elements = st.sampled_from([0.0, 1.0]) if binary_target else unit
@@ -75,7 +67,10 @@ def numpy_dice(y_true, y_pred, smooth):
 def test_dice_equals_the_per_class_mean_of_soft_dice(pair, smooth):
     y_true, y_pred = pair
     np.testing.assert_allclose(
-        call(y_true, y_pred, smooth=smooth), numpy_dice(y_true, y_pred, smooth), rtol=1e-5, atol=1e-6
+        call(y_true, y_pred, smooth=smooth),
+        numpy_dice(y_true, y_pred, smooth),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -90,7 +85,9 @@ def test_dice_is_within_zero_and_one(pair, smooth):
 @given(mask_pairs(), smooths)
 def test_dice_is_symmetric_in_prediction_and_target(pair, smooth):
     y_true, y_pred = pair
-    np.testing.assert_array_equal(call(y_true, y_pred, smooth=smooth), call(y_pred, y_true, smooth=smooth))
+    np.testing.assert_array_equal(
+        call(y_true, y_pred, smooth=smooth), call(y_pred, y_true, smooth=smooth)
+    )
 
 
 @SETTINGS
@@ -137,6 +134,30 @@ def test_empty_masks_are_perfect_and_stay_finite_with_smooth_zero():
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("smooth", [1e-7, 1e-3, 1.0])
+def test_empty_target_gradient_is_the_analytic_one_for_any_smooth(smooth):
+    """loss = 1 - mean_c s / (P_c + s) for empty targets: d loss / d p = 1 / (C s) at p = 0.
+
+    With a tiny ``smooth`` the loss jumps from 0 to ~1 within p ~ smooth: autodiff
+    gives that steep (correct) slope, which finite differences with a coarse step miss.
+    """
+    y_true = tf.zeros((1, 1, 1, 2))
+    y_pred = tf.zeros((1, 1, 1, 2))
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        value = lossplug_dice.dice_loss(y_true, y_pred, smooth=smooth)
+    grad = tape.gradient(value, y_pred).numpy()
+    assert value.numpy()[0] == 0.0
+    np.testing.assert_allclose(
+        grad, np.full((1, 1, 1, 2), 1.0 / (2 * np.float32(smooth))), rtol=1e-5
+    )
+    step = 1e-3 * smooth  # a step well inside the curvature scale agrees with autodiff
+    nudged = ops.convert_to_numpy(
+        lossplug_dice.dice_loss(y_true, y_pred + np.float32([[[[step, 0.0]]]]), smooth=smooth)
+    )[0]
+    assert nudged / step == pytest.approx(grad[0, 0, 0, 0], rel=1e-2)
+
+
 def test_flattened_and_one_pixel_masks_are_binary_masks():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 2, size=(3, 10)).astype("float32")
@@ -179,31 +200,45 @@ def test_half_precision_masks_give_a_float32_loss():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 2, size=(2, 64, 64, 1)).astype("float16")
     y_pred = rng.uniform(size=(2, 64, 64, 1)).astype("float16")  # sums exceed float16 precision
-    spec = lossplug.registry.spec("dice")
-    extras = lossplug.Extras(
-        config=spec.make_config({}), epoch=ops.zeros((), "int64"), step=ops.zeros((), "int64"),
-        training=True, state=lossplug.StateStore(plugin="dice"),
-    )
-    out = call_plugin(spec, lossplug.registry.hook_caller("dice"), {"y_true": y_true},
-                      {"y_pred": y_pred}, extras, term="dice")
-    assert out.loss.dtype == "float32"
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(out.loss), numpy_dice(y_true, y_pred, 1.0), rtol=1e-4
-    )
+    loss = call(y_true, y_pred)
+    assert loss.dtype == np.float32
+    np.testing.assert_allclose(loss, numpy_dice(y_true, y_pred, 1.0), rtol=1e-4)
 
 
 # --------------------------------------------------------------------- spec, config, errors
-def test_spec_claims_bounded_zero_at_perfect_and_symmetric():
+def test_spec_claims_bounds_and_symmetry_without_bce_and_zero_at_perfect():
     spec = lossplug.registry.spec("dice")
-    claims = {type(p): p for p in spec.properties}
-    assert claims[Bounded].low == 0.0 and claims[Bounded].high == 1.0
-    assert {claims[Symmetric].first, claims[Symmetric].second} == {"y_pred", "y_true"}
+    claims = {getattr(p, "name", p.key): p for p in spec.properties}
+    assert set(claims) == {"bounded_without_bce", "symmetric_without_bce", "zero_at_perfect"}
     rng = np.random.default_rng(0)
     soft = rng.uniform(size=(2, 3, 3, 2)).astype("float32")
-    example = Example({"y_true": soft}, {"y_pred": soft[::-1].copy()}, spec.make_config({}))
-    perfect = claims[ZeroAtPerfect].perfect(example)
+    config = spec.make_config({"bce_weight": 1.0})
+    example = Example({"y_true": soft}, {"y_pred": soft[::-1].copy()}, config)
+
+    def loss_fn(ex):
+        values = {f: getattr(ex.config, f) for f in ("smooth", "bce_weight")}
+        return call(ex.inputs["y_true"], ex.outputs["y_pred"], **values)
+
+    # the custom claims evaluate at bce_weight=0, where they hold ...
+    claims["bounded_without_bce"].check(example, loss_fn)
+    claims["symmetric_without_bce"].check(example, loss_fn)
+    # ... and they do fail where they do not hold
+    saturated = Example(
+        {"y_true": np.ones((1, 2, 2, 1), "float32")},
+        {"y_pred": np.zeros((1, 2, 2, 1), "float32")},
+        config,
+    )
+    assert loss_fn(saturated)[0] > 1.0  # with the BCE term the bound does not hold ...
+    claims["bounded_without_bce"].check(saturated, loss_fn)  # ... without it, it does
+    with pytest.raises(AssertionError, match="outside"):  # and a broken loss is caught
+        claims["bounded_without_bce"].check(example, lambda ex: loss_fn(ex) + 1.0)
+    with pytest.raises(AssertionError, match="swapping"):
+        claims["symmetric_without_bce"].check(
+            example, lambda ex: loss_fn(ex) + ex.inputs["y_true"][0].sum()
+        )
+    perfect = claims["zero_at_perfect"].perfect(example)
     assert set(np.unique(perfect.inputs["y_true"])) <= {0.0, 1.0}
-    np.testing.assert_array_equal(call(perfect.inputs["y_true"], perfect.outputs["y_pred"]), 0.0)
+    np.testing.assert_array_equal(loss_fn(perfect), 0.0)
 
 
 @pytest.mark.parametrize(
@@ -272,3 +307,16 @@ def test_small_segmentation_learns_and_logs_the_dice_term():
     assert result["dice"] == pytest.approx(expected, rel=1e-4)
     hard = np.eye(3)[pred.argmax(-1)]
     assert np.mean(numpy_dice(y, hard, 1.0)) < 0.35  # the masks found are mostly right
+
+
+def test_lossplug_get_gives_a_keras_loss_for_plain_keras_models():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(12, 6, 6, 1)).astype("float32")
+    y = (x > 0.5).astype("float32")
+    inputs = keras.Input((6, 6, 1))
+    outputs = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(loss=lossplug.get("dice", smooth=0.5))
+    value = model.evaluate(x, y, batch_size=5, verbose=0)
+    expected = np.mean(numpy_dice(y, model.predict(x, verbose=0), 0.5))
+    assert value == pytest.approx(expected, rel=1e-5)

@@ -36,15 +36,28 @@ def dense_targets(y_true: Any, pred_shape: tuple[int, ...], mode: str) -> np.nda
     return y_true.astype(np.float64)
 
 
+def as_distribution(y_pred: Any) -> np.ndarray:
+    """Categorical probabilities as the plugin reads them: clipped to [1e-7, 1], renormalised."""
+    p = np.clip(np.asarray(y_pred, dtype=np.float64), _EPS, 1.0)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 def cross_entropy_reference(example: Example) -> np.ndarray:
-    """Keras' cross-entropy per sample: categorical (or sparse) or binary, by ``mode``."""
+    """Keras' cross-entropy per sample: categorical (or sparse) or binary, by ``mode``.
+
+    In categorical mode with ``from_logits=False``, Keras gets the probabilities
+    the plugin reads (:func:`as_distribution`; the identity on valid rows).
+    """
     import keras
 
     cfg = example.config
     y_true = np.asarray(example.inputs["y_true"])
-    y_pred = np.asarray(example.outputs["y_pred"], dtype=np.float32)
+    # float64, where Keras' 1 - clip(p) keeps 1e-7 instead of rounding to 1.19e-7
+    y_pred = np.asarray(example.outputs["y_pred"], dtype=np.float64)
+    if cfg.mode == "categorical" and not cfg.from_logits:
+        y_pred = as_distribution(y_pred)
     if cfg.mode == "binary":
-        target = dense_targets(y_true, y_pred.shape, "binary").astype(np.float32)
+        target = dense_targets(y_true, y_pred.shape, "binary")
         value = keras.losses.binary_crossentropy(target, y_pred, from_logits=cfg.from_logits)
     elif is_sparse(y_true.shape, y_pred.shape):
         value = keras.losses.sparse_categorical_crossentropy(
@@ -52,7 +65,7 @@ def cross_entropy_reference(example: Example) -> np.ndarray:
         )
     else:
         value = keras.losses.categorical_crossentropy(
-            y_true.astype(np.float32), y_pred, from_logits=cfg.from_logits
+            y_true.astype(np.float64), y_pred, from_logits=cfg.from_logits
         )
     return keras.ops.convert_to_numpy(value)
 

@@ -16,10 +16,13 @@ over the last axis (as keras.losses.binary_crossentropy):
 
 Numerics: from logits, log p = log_softmax (categorical) or -softplus(-z)
 (binary) and 1 - p = -expm1(log p) or sigmoid(-z), so no probability is
-rounded to 1 before its complement is taken. From probabilities, p is clipped
-to [eps_k, 1 - eps_k] (eps_k = keras.config.epsilon()) and, in categorical
-mode, renormalised. The modulating factor is computed on max(1 - p_t, 1e-12)
-so that its gradient stays finite for 0 < gamma < 1 at p_t = 1.
+rounded to 1 before its complement is taken. From probabilities, p (and, in
+binary mode, 1 - p separately) is clipped to [eps_k, 1 - eps_k]
+(eps_k = keras.config.epsilon()); in categorical mode the scores are first
+clipped to [eps_k, 1] and renormalised over the class axis. The modulating
+factor is computed on max(1 - p_t, 1e-12) so that its gradient stays finite
+for 0 < gamma < 1 at p_t = 1. Float64 inputs are computed in float64, others
+in float32.
 """
 
 from __future__ import annotations
@@ -27,11 +30,33 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 PLUGIN = "focal"
 #: floor of 1 - p_t inside the modulating factor (finite gradient for gamma < 1)
 _FLOOR = 1e-12
+
+
+def checked_ids(ids: Any, num_classes: int) -> Any:
+    """int32 class ids, with a check (also in compiled graphs) that they lie in [0, num_classes).
+
+    Out-of-range ids would otherwise give a zero one-hot row (or, on GPU, a
+    zero centre) and a silently wrong loss.
+    """
+    ids = ops.cast(ids, "int32")
+    message = (
+        f"loss plugin {PLUGIN!r}: y_true holds a class id outside [0, {num_classes}) for "
+        f"predictions with {num_classes} classes; check the labels (and the number of classes)"
+    )
+    tf.debugging.assert_non_negative(ids, message=message)
+    tf.debugging.assert_less(ids, num_classes, message=message)
+    return ids
+
+
+def compute_dtype(x: Any) -> str:
+    """float64 inputs are computed in float64; everything else (float16, bfloat16) in float32."""
+    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
 
 
 def is_sparse(true_shape: tuple[Any, ...], pred_shape: tuple[Any, ...]) -> bool:
@@ -46,7 +71,9 @@ def is_sparse(true_shape: tuple[Any, ...], pred_shape: tuple[Any, ...]) -> bool:
     )
 
 
-def dense_targets(y_true: Any, pred_shape: tuple[Any, ...], mode: str) -> Any:
+def dense_targets(
+    y_true: Any, pred_shape: tuple[Any, ...], mode: str, dtype: str = "float32"
+) -> Any:
     """Float targets with y_pred's shape.
 
     Class ids become one-hot rows; in binary mode with a single output unit
@@ -59,20 +86,20 @@ def dense_targets(y_true: Any, pred_shape: tuple[Any, ...], mode: str) -> Any:
         if len(true_shape) == len(pred_shape):
             y_true = ops.squeeze(y_true, axis=-1)
         if mode == "binary" and num_classes == 1:
-            return ops.expand_dims(ops.cast(y_true, "float32"), -1)
+            return ops.expand_dims(ops.cast(y_true, dtype), -1)
         if num_classes is None:
             raise ValueError(
                 f"loss plugin {PLUGIN!r}: class ids need a static class axis on y_pred, got "
                 f"shape {tuple(pred_shape)}"
             )
-        return ops.one_hot(ops.cast(y_true, "int32"), num_classes, dtype="float32")
+        return ops.one_hot(checked_ids(y_true, num_classes), num_classes, dtype=dtype)
     if len(true_shape) != len(pred_shape) or true_shape[-1] not in (None, num_classes):
         raise ValueError(
             f"loss plugin {PLUGIN!r} ({mode} mode): y_true has shape {true_shape} but y_pred "
             f"has shape {tuple(pred_shape)}; pass class ids of shape {tuple(pred_shape[:-1])} "
             f"or targets of shape {tuple(pred_shape)}"
         )
-    return ops.cast(y_true, "float32")
+    return ops.cast(y_true, dtype)
 
 
 def _modulator(one_minus_pt: Any, gamma: float) -> Any:
@@ -85,7 +112,7 @@ def categorical_focal(
     target: Any, y_pred: Any, *, gamma: float, alpha: float | None, from_logits: bool
 ) -> Any:
     """-a * sum_c t_c (1 - p_c)^gamma log p_c over the last axis."""
-    y_pred = ops.cast(y_pred, "float32")
+    y_pred = ops.cast(y_pred, compute_dtype(y_pred))
     if from_logits:
         log_p = ops.log_softmax(y_pred, axis=-1)
     else:
@@ -102,15 +129,17 @@ def binary_focal(
     target: Any, y_pred: Any, *, gamma: float, alpha: float | None, from_logits: bool
 ) -> Any:
     """mean over the last axis of a_t (1 - p_t)^gamma * bce, element-wise."""
-    y_pred = ops.cast(y_pred, "float32")
+    y_pred = ops.cast(y_pred, compute_dtype(y_pred))
     if from_logits:
         log_p = -ops.softplus(-y_pred)
         log_not_p = -ops.softplus(y_pred)
         p, not_p = ops.sigmoid(y_pred), ops.sigmoid(-y_pred)
     else:
         eps = keras.config.epsilon()
+        # p and 1 - p are clipped separately, so that every float dtype agrees at
+        # saturated outputs (1 - clip(p) would round to 1.19e-7 in float32).
         p = ops.clip(y_pred, eps, 1.0 - eps)
-        not_p = 1.0 - p
+        not_p = ops.clip(1.0 - y_pred, eps, 1.0 - eps)
         log_p, log_not_p = ops.log(p), ops.log(not_p)
     bce = -(target * log_p + (1.0 - target) * log_not_p)
     one_minus_pt = target * not_p + (1.0 - target) * p
@@ -130,6 +159,6 @@ def focal_loss(
     from_logits: bool = True,
 ) -> Any:
     """Per-sample focal loss, shape ``y_pred.shape[:-1]``; see the module docstring."""
-    target = dense_targets(y_true, tuple(y_pred.shape), mode)
+    target = dense_targets(y_true, tuple(y_pred.shape), mode, compute_dtype(y_pred))
     fn = binary_focal if mode == "binary" else categorical_focal
     return fn(target, y_pred, gamma=gamma, alpha=alpha, from_logits=from_logits)

@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from lossplug.extras import Extras, StateStore
 from lossplug.properties import Example
 from lossplug.terms import call_plugin
+from lossplug.testing import conformance_tests
 from lossplug_focal import claims
 from lossplug_focal.loss import focal_loss
 
@@ -35,7 +36,11 @@ def run(y_true, y_pred, **config):
         state=StateStore(plugin=spec.name),
     )
     out = call_plugin(
-        spec, plugin.build_loss_graph, {"y_true": y_true}, {"y_pred": y_pred}, extras,
+        spec,
+        plugin.build_loss_graph,
+        {"y_true": y_true},
+        {"y_pred": y_pred},
+        extras,
         term=spec.name,
     )
     assert out.per_sample
@@ -83,6 +88,10 @@ def binary(draw, scale=15.0):
 
 gammas = st.floats(0.0, 5.0)
 alphas = st.one_of(st.none(), st.floats(0.0, 1.0))
+
+
+# The conformance kit: every generic check plus one check per claimed property.
+test_conformance = conformance_tests("focal")
 
 
 # ----------------------------------------------------------------- mathematics
@@ -237,8 +246,12 @@ def test_claim_helpers_hold_on_examples():
     ):
         for from_logits in (True, False):
             z = rng.normal(size=(5, 4)).astype(np.float32) * 3
-            y_pred = z if from_logits else keras.ops.convert_to_numpy(
-                keras.ops.softmax(z) if mode == "categorical" else keras.ops.sigmoid(z)
+            y_pred = (
+                z
+                if from_logits
+                else keras.ops.convert_to_numpy(
+                    keras.ops.softmax(z) if mode == "categorical" else keras.ops.sigmoid(z)
+                )
             )
             example = Example(
                 inputs={"y_true": y_true},
@@ -248,12 +261,21 @@ def test_claim_helpers_hold_on_examples():
 
             def loss_fn(ex):
                 c = ex.config
-                return run(ex.inputs["y_true"], ex.outputs["y_pred"], mode=c.mode,
-                           gamma=c.gamma, alpha=c.alpha, from_logits=c.from_logits)
+                return run(
+                    ex.inputs["y_true"],
+                    ex.outputs["y_pred"],
+                    mode=c.mode,
+                    gamma=c.gamma,
+                    alpha=c.alpha,
+                    from_logits=c.from_logits,
+                )
 
             claims.check_down_weighting(example, loss_fn)
-            ce = example.replace(config=plugin.SPEC.make_config(
-                {"mode": mode, "from_logits": from_logits, "gamma": 0.0, "alpha": None}))
+            ce = example.replace(
+                config=plugin.SPEC.make_config(
+                    {"mode": mode, "from_logits": from_logits, "gamma": 0.0, "alpha": None}
+                )
+            )
             np.testing.assert_allclose(
                 loss_fn(ce), claims.cross_entropy_reference(ce), rtol=1e-4, atol=1e-5
             )
@@ -267,8 +289,10 @@ def test_claim_helpers_hold_on_examples():
         ({"alpha": 1.5}, "alpha=1.5 is invalid: must be None or a number in [0.0, 1.0]"),
         ({"alpha": "x"}, "alpha='x' is invalid: must be None or a number in [0.0, 1.0], got str"),
         ({"alpha": True}, "got bool"),
-        ({"mode": "multiclass"}, "mode='multiclass' is invalid: must be one of 'categorical', "
-                                 "'binary'"),
+        (
+            {"mode": "multiclass"},
+            "mode='multiclass' is invalid: must be one of 'categorical', 'binary'",
+        ),
         ({"from_logits": "yes"}, "from_logits='yes' is invalid: must be bool"),
     ],
 )
@@ -284,6 +308,17 @@ def test_alpha_none_is_accepted_and_saved():
     assert term.config.alpha is None
     again = lossplug.Term.from_config(term.get_config())
     assert again.config == term.config
+
+
+def test_out_of_range_class_ids_fail_loudly():
+    for mode in ("categorical", "binary"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"class id outside \[0, 3\)"):
+            run(np.array([0, 3]), np.zeros((2, 3), np.float32), mode=mode)
+    compiled = tf.function(focal_loss, jit_compile=True)
+    logits = np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_allclose(
+        compiled(np.array([2]), logits), run(np.array([2]), logits), rtol=1e-6
+    )
 
 
 def test_mismatched_target_shape_is_explained():
@@ -307,8 +342,10 @@ def test_training_binary_and_categorical_on_digits():
     inputs = keras.Input((64,))
     hidden = keras.layers.Dense(16, activation="relu")(inputs)
     model = lossplug.LossModel(inputs, keras.layers.Dense(1)(hidden))
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss=lossplug.use("focal", mode="binary", gamma=2.0, alpha=0.75))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=lossplug.use("focal", mode="binary", gamma=2.0, alpha=0.75),
+    )
     history = model.fit(x, t, epochs=3, batch_size=64, verbose=0).history["focal"]
     assert history[-1] < 0.2 * history[0]
     predicted = model.predict(x, verbose=0)[:, 0] > 0

@@ -21,17 +21,21 @@ Neural Networks", eq. 14. For each weight with log alpha = ``log_alpha``::
     -KL ~= k1 * sigmoid(k2 + k3 * log_alpha) - 0.5 * softplus(-log_alpha) - k1
     k1 = 0.63576, k2 = 1.87320, k3 = 1.48695
 
-so the plugin returns ``KL = k1 * (1 - sigmoid(k2 + k3 * log_alpha)) +
+so the regulariser is ``KL = k1 * (1 - sigmoid(k2 + k3 * log_alpha)) +
 0.5 * softplus(-log_alpha)`` (the negated approximation, > 0 everywhere and
 -> 0 as log_alpha -> +inf), summed (or averaged, ``reduction="mean"``) over
-all entries of ``log_alpha``. ``log_alpha`` has the shape of a layer's
-weights, not of the batch, so this kind returns a **scalar**: the plugin's
-spec declares ``returns="per_sample"`` for its default kind, and the core
-accepts a scalar from any plugin (it only scales it for ``tf.distribute``),
-so the regulariser is added once per step whatever the batch size. The
-paper's objective is ``N * E[NLL] + sum KL``; divided by the training-set
-size N that is ``mean NLL + sum KL / N``, so use ``reduction="sum"`` with the
-term weight 1 / N (times a warm-up schedule if wanted).
+all entries of ``log_alpha``.
+
+Return convention: ``per_sample`` for both kinds. ``log_alpha`` has the shape
+of a layer's weights, not of the batch, so its KL is one number for the whole
+model; the plugin gives that number to *every sample* of the batch (shape (B,),
+the batch size read from ``y_pred``). The core's mean over the batch then adds
+exactly ``KL`` to the loss (``KL * mean(sample_weight)`` with sample weights, so
+a sample of weight 0 carries no share of it), the same under ``tf.distribute``;
+and each sample's value is independent of the others. This is the per-sample
+form of the paper's objective ``N * E[NLL] + sum KL``: divided by the training
+set size N it is ``mean_i (NLL_i + KL / N)``, so use ``reduction="sum"`` with
+the term weight 1 / N (times a warm-up schedule if wanted).
 
 In both kinds the weight of the term is the term weight, which may follow the
 epoch: ``lossplug.use("kl", weight=lossplug.schedules.LinearRamp(0, 1, begin=0, stop=5))``
@@ -44,10 +48,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import keras
+import lossplug
 import numpy as np
 from keras import ops
-
-import lossplug
 from lossplug import Kind, PluginSpec, TensorSpec
 from lossplug.properties import Example, NonNegative, ZeroAtPerfect
 
@@ -62,7 +66,7 @@ K3 = 1.48695
 
 KINDS = ("gaussian", "variational_dropout")
 #: The tensors each kind reads.
-KIND_TENSORS = {"gaussian": ("mean", "log_var"), "variational_dropout": ("log_alpha",)}
+KIND_TENSORS = {"gaussian": ("mean", "log_var"), "variational_dropout": ("log_alpha", "y_pred")}
 
 
 @attrs.frozen
@@ -73,7 +77,8 @@ class Config:
         "gaussian",
         choices=KINDS,
         doc="'gaussian': VAE term from mean and log_var (per sample); "
-        "'variational_dropout': Molchanov et al. 2017 over log_alpha (a scalar)",
+        "'variational_dropout': Molchanov et al. 2017 over log_alpha (the same value for "
+        "every sample)",
     )
     reduction: str = lossplug.param(
         "sum",
@@ -83,8 +88,11 @@ class Config:
     )
 
 
-def _to_float32(x: Any) -> Any:
-    return ops.cast(ops.convert_to_tensor(x), "float32")
+def _compute(x: Any) -> Any:
+    """``x`` as a tensor in float64 if it is float64, else in float32 (also for half precision)."""
+    x = ops.convert_to_tensor(x)
+    wide = keras.backend.standardize_dtype(x.dtype) == "float64"
+    return ops.cast(x, "float64" if wide else "float32")
 
 
 def _reduce_trailing(values: Any, reduction: str) -> Any:
@@ -96,13 +104,15 @@ def _reduce_trailing(values: Any, reduction: str) -> Any:
 
 
 def gaussian_kl(mean: Any, log_var: Any, reduction: str = "sum") -> Any:
-    """KL(N(mean, exp(log_var)) || N(0, 1)) per sample, shape (B,), in float32.
+    """KL(N(mean, exp(log_var)) || N(0, 1)) per sample, shape (B,).
+
+    Computed in float32, or in float64 for float64 inputs.
 
     per element: 0.5 * (mean^2 + (expm1(lv) - lv)), lv = clip(log_var, -30, 20),
     summed (or averaged) over every axis but the batch axis.
     """
-    mean = _to_float32(mean)
-    log_var = ops.clip(_to_float32(log_var), LOG_VAR_MIN, LOG_VAR_MAX)
+    mean = _compute(mean)
+    log_var = ops.clip(ops.cast(log_var, mean.dtype), LOG_VAR_MIN, LOG_VAR_MAX)
     # exp(lv) - 1 - lv >= 0; expm1 avoids the cancellation near lv = 0 and the clamp
     # removes a last-ulp negative rounding error.
     variance_term = ops.maximum(ops.expm1(log_var) - log_var, 0.0)
@@ -111,12 +121,12 @@ def gaussian_kl(mean: Any, log_var: Any, reduction: str = "sum") -> Any:
 
 
 def variational_dropout_kl(log_alpha: Any, reduction: str = "sum") -> Any:
-    """Molchanov et al. (2017) approximation of KL(q(w) || p(w)), a float32 scalar.
+    """Molchanov et al. (2017) approximation of KL(q(w) || p(w)), a scalar (float32 or float64).
 
     per entry: k1 * (1 - sigmoid(k2 + k3 * log_alpha)) + 0.5 * softplus(-log_alpha),
     summed (or averaged) over every entry of ``log_alpha``.
     """
-    log_alpha = _to_float32(log_alpha)
+    log_alpha = _compute(log_alpha)
     # k1 * (1 - sigmoid(z)) == k1 * sigmoid(-z), which keeps full precision for large z.
     per_entry = K1 * ops.sigmoid(-(K2 + K3 * log_alpha)) + 0.5 * ops.softplus(-log_alpha)
     return ops.sum(per_entry) if reduction == "sum" else ops.mean(per_entry)
@@ -141,22 +151,42 @@ def lossplug_spec() -> PluginSpec:
         config=Config,
         tensors=(
             TensorSpec(
-                "mean", Kind.EMBEDDINGS, shape=("B", "D"), optional=True,
+                "mean",
+                Kind.EMBEDDINGS,
+                shape=("B", "D"),
+                optional=True,
                 description="posterior mean mu (kind='gaussian')",
             ),
             TensorSpec(
-                "log_var", Kind.EMBEDDINGS, shape=("B", "D"), optional=True,
+                "log_var",
+                Kind.EMBEDDINGS,
+                shape=("B", "D"),
+                optional=True,
                 description="posterior log-variance log sigma^2 (kind='gaussian')",
             ),
             TensorSpec(
-                "log_alpha", Kind.REAL, optional=True,
-                description="log alpha of the dropout posterior, weight-shaped "
-                "(kind='variational_dropout'; the loss is then a scalar)",
+                "log_alpha",
+                Kind.REAL,
+                shape=("P", "Q"),
+                optional=True,
+                description="log alpha of the dropout posterior, weight-shaped, any rank "
+                "(kind='variational_dropout')",
+            ),
+            TensorSpec(
+                "y_pred",
+                Kind.ANY,
+                optional=True,
+                description="the prediction; only its batch size is read "
+                "(kind='variational_dropout')",
             ),
         ),
         properties=(
             NonNegative(),
-            ZeroAtPerfect(_at_prior, atol=1e-5, description="the prior (mu = 0, log_var = 0)"),
+            ZeroAtPerfect(
+                _at_prior,
+                atol=1e-5,
+                description="the prior (mu = 0, log_var = 0; log_alpha -> +inf)",
+            ),
         ),
         returns="per_sample",
     )
@@ -165,6 +195,12 @@ def lossplug_spec() -> PluginSpec:
 def _require(kind: str, outputs: Mapping[str, Any]) -> list[Any]:
     names = KIND_TENSORS[kind]
     missing = [name for name in names if outputs.get(name) is None]
+    if "y_pred" in missing:
+        raise lossplug.MissingTensorError(
+            f"loss plugin 'kl' (kind={kind!r}) reads the batch size from 'y_pred', the "
+            "prediction of the term's output, which is not available: on a model with several "
+            "outputs attach the term to one of them with compile(loss={output_name: ...})"
+        )
     if missing:
         example = ", ".join(f"{n!r}: '<your layer>'" for n in missing)
         raise lossplug.MissingTensorError(
@@ -196,8 +232,9 @@ def build_loss_graph(
                 f"shape {tuple(log_var.shape)}; bind both to tensors of the same shape"
             )
         return gaussian_kl(mean, log_var, config.reduction)
-    (log_alpha,) = _require("variational_dropout", outputs)
-    return variational_dropout_kl(log_alpha, config.reduction)
+    log_alpha, y_pred = _require("variational_dropout", outputs)
+    kl = variational_dropout_kl(log_alpha, config.reduction)
+    return ops.broadcast_to(kl, (ops.shape(y_pred)[0],))
 
 
 __all__ = [

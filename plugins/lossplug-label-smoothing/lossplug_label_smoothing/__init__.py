@@ -6,9 +6,10 @@ For C classes, targets t and smoothing epsilon:
     loss = -sum_c q_c * log p_c          per sample
 
 with p = softmax(y_pred) when ``from_logits`` (computed as log_softmax, i.e.
-logits minus their log-sum-exp), otherwise the given probabilities (renormalised
-and clipped to [1e-7, 1 - 1e-7] like Keras). Targets are class ids (sparse:
-one axis fewer than ``y_pred``, or a trailing axis of 1) or one-hot / soft rows.
+logits minus their log-sum-exp), otherwise the given probabilities (clipped to
+[1e-7, 1], renormalised, and clipped to [1e-7, 1 - 1e-7] like Keras). Targets
+are class ids (sparse: one axis fewer than ``y_pred``, or a trailing axis of 1)
+or one-hot / soft rows.
 
 At epsilon = 0 this is categorical cross-entropy. For fixed targets the loss is
 minimal at p = q, where it equals the entropy H(q) (loss - H(q) = KL(q || p) >= 0),

@@ -54,13 +54,30 @@ def perfect(example: Example) -> Example:
     return example.with_tensor("y_pred", y_pred.astype(dtype))
 
 
+def as_distribution(y_pred: Any) -> np.ndarray:
+    """Probabilities as the plugin reads them: clipped to [1e-7, 1], rows renormalised.
+
+    The identity (to 1e-7) on valid probability rows; it gives a distribution for
+    any other scores, as the plugin does, where Keras would divide by a sum of 0.
+    """
+    p = np.clip(np.asarray(y_pred, dtype=np.float64), 1e-7, 1.0)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 def keras_crossentropy(example: Example) -> np.ndarray:
-    """Keras' categorical (or sparse categorical) cross-entropy per sample, unsmoothed."""
+    """Keras' categorical (or sparse categorical) cross-entropy per sample, unsmoothed.
+
+    With ``from_logits=False`` Keras gets the probabilities the plugin reads
+    (:func:`as_distribution`), so the claim also covers scores that are not
+    valid probability rows.
+    """
     import keras
 
     y_true = np.asarray(example.inputs["y_true"])
     y_pred = np.asarray(example.outputs["y_pred"], dtype=np.float32)
     from_logits = bool(example.config.from_logits)
+    if not from_logits:
+        y_pred = as_distribution(y_pred).astype(np.float32)
     if is_sparse(y_true.shape, y_pred.shape):
         value = keras.losses.sparse_categorical_crossentropy(
             y_true.astype(np.int64), y_pred, from_logits=from_logits

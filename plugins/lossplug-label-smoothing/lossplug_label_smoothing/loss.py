@@ -7,9 +7,12 @@ smoothing epsilon:
     loss = -sum_c q_c * log p_c                    (one value per sample)
 
 where log p = log_softmax(logits) (stable log-sum-exp form) when ``from_logits``,
-otherwise p is the given probabilities, renormalised over the class axis and
-clipped to [eps_k, 1 - eps_k] with eps_k = keras.config.epsilon() (Keras'
-convention, so a probability of 0 costs -log(eps_k) instead of infinity).
+otherwise p is the given probabilities clipped to [eps_k, 1], renormalised over
+the class axis and clipped to [eps_k, 1 - eps_k] with eps_k =
+keras.config.epsilon() (Keras' convention, so a probability of 0 costs
+-log(eps_k) instead of infinity; the first clip changes nothing on valid rows
+and turns any other scores into a distribution). Float64 inputs are computed
+in float64, all others in float32.
 """
 
 from __future__ import annotations
@@ -17,9 +20,31 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 PLUGIN = "label_smoothing"
+
+
+def checked_ids(ids: Any, num_classes: int) -> Any:
+    """int32 class ids, with a check (also in compiled graphs) that they lie in [0, num_classes).
+
+    Out-of-range ids would otherwise give a zero one-hot row (or, on GPU, a
+    zero centre) and a silently wrong loss.
+    """
+    ids = ops.cast(ids, "int32")
+    message = (
+        f"loss plugin {PLUGIN!r}: y_true holds a class id outside [0, {num_classes}) for "
+        f"predictions with {num_classes} classes; check the labels (and the number of classes)"
+    )
+    tf.debugging.assert_non_negative(ids, message=message)
+    tf.debugging.assert_less(ids, num_classes, message=message)
+    return ids
+
+
+def compute_dtype(x: Any) -> str:
+    """float64 inputs are computed in float64; everything else (float16, bfloat16) in float32."""
+    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
 
 
 def is_sparse(true_shape: tuple[Any, ...], pred_shape: tuple[Any, ...]) -> bool:
@@ -39,14 +64,14 @@ def is_sparse(true_shape: tuple[Any, ...], pred_shape: tuple[Any, ...]) -> bool:
     )
 
 
-def dense_targets(y_true: Any, num_classes: int) -> Any:
+def dense_targets(y_true: Any, num_classes: int, dtype: str = "float32") -> Any:
     """Float targets with the predictions' shape: class ids are turned one-hot."""
-    return ops.one_hot(ops.cast(y_true, "int32"), num_classes, dtype="float32")
+    return ops.one_hot(checked_ids(y_true, num_classes), num_classes, dtype=dtype)
 
 
 def log_probabilities(y_pred: Any, from_logits: bool) -> Any:
     """log p over the last axis, stable for logits and for (possibly degenerate) probabilities."""
-    y_pred = ops.cast(y_pred, "float32")
+    y_pred = ops.cast(y_pred, compute_dtype(y_pred))
     if from_logits:
         return ops.log_softmax(y_pred, axis=-1)
     eps = keras.config.epsilon()
@@ -57,7 +82,9 @@ def log_probabilities(y_pred: Any, from_logits: bool) -> Any:
     return ops.log(ops.clip(p, eps, 1.0 - eps))
 
 
-def smoothed_targets(y_true: Any, y_pred_shape: tuple[Any, ...], epsilon: float) -> Any:
+def smoothed_targets(
+    y_true: Any, y_pred_shape: tuple[Any, ...], epsilon: float, dtype: str = "float32"
+) -> Any:
     """q = (1 - epsilon) * t + epsilon / C, with t one-hot if ``y_true`` holds class ids."""
     num_classes = y_pred_shape[-1]
     if num_classes is None:
@@ -69,7 +96,7 @@ def smoothed_targets(y_true: Any, y_pred_shape: tuple[Any, ...], epsilon: float)
     if is_sparse(true_shape, tuple(y_pred_shape)):
         if len(true_shape) == len(y_pred_shape):
             y_true = ops.squeeze(y_true, axis=-1)
-        target = dense_targets(y_true, num_classes)
+        target = dense_targets(y_true, num_classes, dtype)
     else:
         if len(true_shape) != len(y_pred_shape) or true_shape[-1] not in (None, num_classes):
             raise ValueError(
@@ -77,7 +104,7 @@ def smoothed_targets(y_true: Any, y_pred_shape: tuple[Any, ...], epsilon: float)
                 f"{tuple(y_pred_shape)}; pass class ids of shape {tuple(y_pred_shape[:-1])} "
                 f"or one-hot targets of shape {tuple(y_pred_shape)}"
             )
-        target = ops.cast(y_true, "float32")
+        target = ops.cast(y_true, dtype)
     return (1.0 - epsilon) * target + epsilon / num_classes
 
 
@@ -94,7 +121,7 @@ def label_smoothing_crossentropy(
         from_logits: whether ``y_pred`` holds logits.
 
     Returns:
-        float32 tensor of shape ``y_pred.shape[:-1]``.
+        tensor of shape ``y_pred.shape[:-1]``, float32 (float64 for float64 predictions).
     """
-    q = smoothed_targets(y_true, tuple(y_pred.shape), epsilon)
+    q = smoothed_targets(y_true, tuple(y_pred.shape), epsilon, compute_dtype(y_pred))
     return -ops.sum(q * log_probabilities(y_pred, from_logits), axis=-1)

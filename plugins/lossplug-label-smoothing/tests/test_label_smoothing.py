@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from lossplug.extras import Extras, StateStore
 from lossplug.properties import Example
 from lossplug.terms import call_plugin
+from lossplug.testing import conformance_tests
 from lossplug_label_smoothing import claims
 from lossplug_label_smoothing.loss import label_smoothing_crossentropy
 
@@ -60,9 +61,7 @@ def reference(ids, logits, eps):
 def batches(draw, max_classes=8, scale=20.0):
     b = draw(st.integers(1, 6))
     c = draw(st.integers(2, max_classes))
-    logits = draw(
-        hnp.arrays(np.float32, (b, c), elements=st.floats(-scale, scale, width=32))
-    )
+    logits = draw(hnp.arrays(np.float32, (b, c), elements=st.floats(-scale, scale, width=32)))
     ids = draw(hnp.arrays(np.int64, (b,), elements=st.integers(0, c - 1)))
     return ids, logits
 
@@ -70,13 +69,18 @@ def batches(draw, max_classes=8, scale=20.0):
 epsilons = st.floats(0.0, 1.0)
 
 
+# The conformance kit: every generic check plus one check per claimed property.
+test_conformance = conformance_tests("label_smoothing")
+
+
 # ----------------------------------------------------------------- mathematics
 @SETTINGS
 @given(batches(), epsilons)
 def test_matches_independent_reference(batch, eps):
     ids, logits = batch
-    np.testing.assert_allclose(run(ids, logits, epsilon=eps), reference(ids, logits, eps),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run(ids, logits, epsilon=eps), reference(ids, logits, eps), rtol=1e-5, atol=1e-5
+    )
 
 
 @SETTINGS
@@ -189,8 +193,12 @@ def test_claims_hold_on_an_example():
     )
 
     def loss_fn(ex):
-        return run(ex.inputs["y_true"], ex.outputs["y_pred"], epsilon=ex.config.epsilon,
-                   from_logits=ex.config.from_logits)
+        return run(
+            ex.inputs["y_true"],
+            ex.outputs["y_pred"],
+            epsilon=ex.config.epsilon,
+            from_logits=ex.config.from_logits,
+        )
 
     claims.check_gibbs(example, loss_fn)
     claims.check_sparse_matches_one_hot(example, loss_fn)
@@ -217,6 +225,16 @@ def test_config_errors_name_plugin_field_and_rule(values, fragment):
         lossplug.use("label_smoothing", **values)
     assert "'label_smoothing'" in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_out_of_range_class_ids_fail_loudly():
+    for ids in ([0, 3], [-1, 0]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"class id outside \[0, 3\)"):
+            run(np.array(ids), np.zeros((2, 3), np.float32))
+    # the check compiles with XLA (where it cannot fire) and does not change the value
+    compiled = tf.function(label_smoothing_crossentropy, jit_compile=True)
+    logits = np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_allclose(compiled(np.array([2]), logits), run(np.array([2]), logits))
 
 
 def test_mismatched_target_shape_is_explained():

@@ -27,7 +27,9 @@ def check_minimal_at_input(example: Example, loss_fn: Callable[[Example], Any]) 
     """
     x = np.asarray(example.inputs["x"])
     at_input = np.asarray(
-        loss_fn(example.with_tensor("y_pred", x.astype(np.asarray(example.outputs["y_pred"]).dtype))),
+        loss_fn(
+            example.with_tensor("y_pred", x.astype(np.asarray(example.outputs["y_pred"]).dtype))
+        ),
         dtype=np.float64,
     )
     loss = np.asarray(loss_fn(example), dtype=np.float64)

@@ -5,8 +5,8 @@ averaged over every non-batch entry j (N entries):
 
     mse: 1/N * sum_j (r_j - x_j)^2
     mae: 1/N * sum_j |r_j - x_j|
-    bce: 1/N * sum_j -(x_j log p_j + (1 - x_j) log(1 - p_j)),
-         p = clip(r, eps_k, 1 - eps_k), eps_k = keras.config.epsilon()
+    bce: 1/N * sum_j -(x_j log clip(r_j) + (1 - x_j) log clip(1 - r_j)),
+         clip(v) = min(max(v, eps_k), 1 - eps_k), eps_k = keras.config.epsilon()
 
 bce expects x in [0, 1] (pixel intensities) and r a probability (a sigmoid
 output); clipping keeps every log finite. Its value at r = x is the binary
@@ -24,10 +24,16 @@ PLUGIN = "reconstruction"
 KINDS = ("mse", "mae", "bce")
 
 
+def compute_dtype(x: Any) -> str:
+    """float64 inputs are computed in float64; everything else (float16, bfloat16) in float32."""
+    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
+
+
 def reconstruction_loss(x: Any, reconstruction: Any, kind: str = "mse") -> Any:
     """Per-sample reconstruction loss of shape (B,); see the module docstring."""
-    x = ops.cast(x, "float32")
-    r = ops.cast(reconstruction, "float32")
+    dtype = compute_dtype(reconstruction)
+    x = ops.cast(x, dtype)
+    r = ops.cast(reconstruction, dtype)
     if tuple(x.shape[1:]) != tuple(r.shape[1:]) and None not in (*x.shape[1:], *r.shape[1:]):
         raise ValueError(
             f"loss plugin {PLUGIN!r}: the input x has shape {tuple(x.shape)} but the "
@@ -40,8 +46,11 @@ def reconstruction_loss(x: Any, reconstruction: Any, kind: str = "mse") -> Any:
         per_entry = ops.abs(r - x)
     elif kind == "bce":
         eps = keras.config.epsilon()
-        p = ops.clip(r, eps, 1.0 - eps)
-        per_entry = -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
+        # p and 1 - p are clipped separately, so that float16, float32 and float64 agree
+        # at saturated outputs (1 - clip(p) would round to 1.19e-7 in float32).
+        log_p = ops.log(ops.clip(r, eps, 1.0 - eps))
+        log_not_p = ops.log(ops.clip(1.0 - r, eps, 1.0 - eps))
+        per_entry = -(x * log_p + (1.0 - x) * log_not_p)
     else:
         raise ValueError(f"loss plugin {PLUGIN!r}: kind must be one of {KINDS}, got {kind!r}")
     axes = tuple(range(1, len(per_entry.shape)))

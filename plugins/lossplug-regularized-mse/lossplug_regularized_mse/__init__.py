@@ -43,9 +43,7 @@ SPEC = PluginSpec(
     description="Mean squared error plus factor * mean((0.5 - y_pred)^2).",
     config=Config,
     tensors=(
-        TensorSpec(
-            "y_true", Kind.REAL, source="inputs", shape=("B", "N"), description="targets"
-        ),
+        TensorSpec("y_true", Kind.REAL, source="inputs", shape=("B", "N"), description="targets"),
         TensorSpec(
             "y_pred", Kind.REAL, source="outputs", shape=("B", "N"), description="predictions"
         ),

@@ -19,9 +19,7 @@ def keras_mse(example: Example) -> np.ndarray:
     import keras
 
     y_true, y_pred = _targets(example)
-    value = keras.losses.mean_squared_error(
-        y_true.astype(np.float32), y_pred.astype(np.float32)
-    )
+    value = keras.losses.mean_squared_error(y_true.astype(np.float32), y_pred.astype(np.float32))
     return keras.ops.convert_to_numpy(value)
 
 

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 from keras import ops
 
 PLUGIN = "regularized_mse"
 
 
+def compute_dtype(x: Any) -> str:
+    """float64 inputs are computed in float64; everything else (float16, bfloat16) in float32."""
+    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
+
+
 def regularized_mse(y_true: Any, y_pred: Any, factor: float = 0.1) -> Any:
     """Per-sample loss of shape ``y_pred.shape[:-1]``; see the module docstring."""
-    y_pred = ops.cast(y_pred, "float32")
-    y_true = ops.cast(y_true, "float32")
+    dtype = compute_dtype(y_pred)
+    y_pred = ops.cast(y_pred, dtype)
+    y_true = ops.cast(y_true, dtype)
     if len(y_true.shape) == len(y_pred.shape) - 1:
         y_true = ops.expand_dims(y_true, -1)  # (B,) targets for a (B, 1) output, as Keras does
     if len(y_true.shape) != len(y_pred.shape):
