@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import lossplug  # noqa: E402
 import toy_plugins as tp  # noqa: E402
 
-for plugin in (tp.SparseCE(), tp.ToyCenter()):
+for plugin in (tp.SparseCE(), tp.ToyCenter(), tp.BatchSpread()):
     lossplug.register(plugin)
 
 keras.config.disable_traceback_filtering()
@@ -59,7 +59,12 @@ with strategy.scope():
     model = lossplug.LossModel(inputs, logits, expose=["features"])
     model.compile(
         keras.optimizers.SGD(0.1),
-        loss=["toy_ce", lossplug.use("toy_center", weight=0.5, num_classes=3)],
+        loss=[
+            "toy_ce",
+            lossplug.use("toy_center", weight=0.5, num_classes=3),
+            # Scalar and batch-coupled, mined over the global batch.
+            lossplug.use("toy_spread", weight=0.3, global_batch=True),
+        ],
     )
 
 dataset = tf.data.Dataset.from_tensor_slices((x, y, sample_weight)).batch(GLOBAL_BATCH)
@@ -74,6 +79,7 @@ np.savez(
     loss=np.array(history.history["loss"]),
     toy_ce=np.array(history.history["toy_ce"]),
     toy_center=np.array(history.history["toy_center"]),
+    toy_spread=np.array(history.history["toy_spread"]),
     replicas=np.array(strategy.num_replicas_in_sync),
     **weights,
 )

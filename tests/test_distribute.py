@@ -54,7 +54,9 @@ def test_mirrored_matches_single_device(single, tmp_path):
     assert int(mirrored["replicas"]) == 2
     # Loss, each logged term and the weights (incl. the plugin's centres) after
     # 12 steps match one device on the same global batch.
-    for key in ("loss", "toy_ce", "toy_center"):
+    # toy_spread is a scalar over the batch gathered from both replicas: neither over-
+    # nor under-counted, in the loss, the logged value or the gradients.
+    for key in ("loss", "toy_ce", "toy_center", "toy_spread"):
         np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6)
     assert any(k.endswith("centers") for k in weight_keys(single))
     for key in weight_keys(single):

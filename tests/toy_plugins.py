@@ -109,3 +109,30 @@ class EpochProbe:
         return ops.ones((batch,), "float32") * ops.cast(extras.epoch, "float32") + 0.0 * ops.sum(
             ops.cast(outputs["y_pred"], "float32"), axis=-1
         )
+
+
+class BatchSpread:
+    """Scalar, batch-coupled: mean squared distance of the features to the batch mean.
+
+    With ``use(..., global_batch=True)`` the batch is gathered across replicas, so
+    the value and its gradients are those of the global batch.
+    """
+
+    @hookimpl
+    def lossplug_spec(self) -> PluginSpec:
+        return PluginSpec(
+            name="toy_spread",
+            description="batch spread of the features (test plugin)",
+            config=EmptyConfig,
+            tensors=(TensorSpec("features", Kind.EMBEDDINGS, shape=("B", "D")),),
+            batch_coupled=True,
+            returns="scalar",
+        )
+
+    @hookimpl
+    def build_loss_graph(self, inputs, outputs, extras):
+        features = ops.cast(outputs["features"], "float32")
+        if extras.global_batch:
+            features = extras.all_gather(features)
+        centered = features - ops.mean(features, axis=0, keepdims=True)
+        return ops.mean(ops.sum(centered * centered, axis=-1))
