@@ -15,12 +15,14 @@ At the neutral margin (m = 0; m = 1 for SphereFace) phi(c) = c and the loss
 is the normalised-softmax cross-entropy with scale s.
 
 Stability: features and weights are normalised in float32 (also under a
-float16 / bfloat16 policy; float64 stays float64); cosines are clipped to
-[-1 + 1e-6, 1 - 1e-6] before any angle is taken, so arccos and
-sqrt(1 - c^2) keep finite derivatives; the margin enters only as the
-difference s * (phi(c_y) - c_y) added to the target logit, and the
-cross-entropy is a log-sum-exp. Memory: one (batch, num_classes) logit matrix
-(no one-hot matrix, no per-class angles).
+float16 / bfloat16 policy; float64 stays float64). The target angle is never
+taken as arccos(c): the target cosine c and sine s = ||u - c w|| are computed
+per sample from the unit vectors and theta = atan2(s, c), which is accurate
+near 0 and pi and has finite derivatives everywhere (so no clipping of c away
+from +-1 is needed, and none can bias the loss); the margin enters only as the
+difference s * (phi - c_y) added to the target logit, and the cross-entropy
+is a log-sum-exp. Memory: one (batch, num_classes) cosine matrix and the
+logits (no one-hot matrix, no per-class angles).
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import numpy as np
-
 import lossplug
+import numpy as np
 from lossplug import Kind, LossResult, PluginConfigError, PluginSpec, TensorSpec, param
 from lossplug.properties import Custom, Example, NonNegative, ReducesTo
 
@@ -163,7 +164,7 @@ def _at_neutral(kind: str) -> dict[str, Any]:
 
 SPEC = PluginSpec(
     name="margin_softmax",
-    description="Angular-margin softmax (ArcFace, CosFace, SphereFace) with trainable class weights.",
+    description="Angular-margin softmax (ArcFace, CosFace, SphereFace), trainable class weights.",
     config=Config,
     tensors=(
         TensorSpec(
@@ -214,19 +215,21 @@ def margin_softmax_loss(features: Any, labels: Any, weights: Any, config: Config
     import tensorflow as tf
     from keras import ops
 
-    from .margins import CLIP, target_logit
+    from .margins import TINY, cosine_and_sine, target_logit
 
     dtype = "float64" if keras.backend.standardize_dtype(features.dtype) == "float64" else "float32"
     x = ops.cast(features, dtype)
     w = ops.cast(weights, dtype)
-    x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), 1e-12))
-    w = w * ops.rsqrt(ops.maximum(ops.sum(ops.square(w), axis=0, keepdims=True), 1e-12))
-    cosine = ops.matmul(x, w)  # (B, C)
+    x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), TINY))
+    w = w * ops.rsqrt(ops.maximum(ops.sum(ops.square(w), axis=0, keepdims=True), TINY))
     labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
-    cos_y = ops.take_along_axis(cosine, labels[:, None], axis=1)[:, 0]
-    clipped = ops.clip(cos_y, -1.0 + CLIP, 1.0 - CLIP)
+    cosine = ops.matmul(x, w)  # (B, C): the only (batch, classes) matrix besides the logits
+    # The target class, per sample and accurately: its unit weight, cosine and sine.
+    target_weights = ops.transpose(ops.take(w, labels, axis=1))  # (B, D)
+    cos_y, sin_y = cosine_and_sine(x, target_weights)
     phi = target_logit(
-        clipped,
+        cos_y,
+        sin_y,
         config.kind,
         config.resolved_margin,
         easy_margin=config.easy_margin,
@@ -235,7 +238,7 @@ def margin_softmax_loss(features: Any, labels: Any, weights: Any, config: Config
     scale = config.scale
     rows = ops.arange(ops.shape(labels)[0], dtype="int32")
     logits = tf.tensor_scatter_nd_add(
-        scale * cosine, ops.stack([rows, labels], axis=1), scale * (phi - clipped)
+        scale * cosine, ops.stack([rows, labels], axis=1), scale * (phi - cos_y)
     )
     target = ops.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
     return ops.logsumexp(logits, axis=1) - target
@@ -265,11 +268,13 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
     flat = tf.reshape(labels, (-1,))
     checks = [
         tf.debugging.assert_greater_equal(
-            tf.cast(flat, tf.int64), tf.constant(0, tf.int64),
+            tf.cast(flat, tf.int64),
+            tf.constant(0, tf.int64),
             message="margin_softmax: y_true holds a negative class id",
         ),
         tf.debugging.assert_less(
-            tf.cast(flat, tf.int64), tf.constant(config.num_classes, tf.int64),
+            tf.cast(flat, tf.int64),
+            tf.constant(config.num_classes, tf.int64),
             message=f"margin_softmax: y_true holds a class id >= num_classes={config.num_classes}; "
             "set num_classes to the number of classes",
         ),
@@ -277,4 +282,3 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
     with tf.control_dependencies(checks):
         flat = tf.identity(flat)
     return LossResult(loss=margin_softmax_loss(features, flat, weights, config))
-

@@ -14,8 +14,9 @@ Two modes, chosen with ``mode``:
 ``explicit``
     three tensors ``anchor``, ``positive`` and ``negative`` (model outputs of
     shape (B, dim), e.g. a question encoder and the encoders of a right and a
-    wrong answer); the loss is per sample, loss_i = h(anchor_i, positive_i,
-    negative_i), and the core reduces it (sample weights, distribution).
+    wrong answer); per sample h_i = h(anchor_i, positive_i, negative_i),
+    reduced to sum_i w_i h_i / B with the sample weights w (exactly the core's
+    reduction of per-sample losses, Keras' ``sum_over_batch_size``).
 
 ``mining`` (default)
     ``embeddings`` (model output, (B, dim)) and sparse labels ``y_true``;
@@ -24,9 +25,11 @@ Two modes, chosen with ``mode``:
     O(B^2) memory, and the loss is one scalar for the batch (sample weights
     weight the anchors). A batch without any valid triplet gives exactly 0.
 
-The spec declares ``returns="scalar"`` and ``batch_coupled=True`` (the
-default mode, mining); explicit mode returns per-sample values, which the core
-accepts at run time and reduces like any per-sample loss.
+The spec declares ``returns="scalar"`` and ``batch_coupled=True``: mining
+couples the samples of a batch, and a spec describes one return shape for all
+configs, so explicit mode reduces its per-sample hinges itself, the way the
+core would (the per-sample values are :func:`explicit_hinge`). Sample weights
+and ``tf.distribute`` scaling therefore behave exactly as for a per-sample loss.
 
 Metric ``active_fraction``: the fraction of the scored triplets whose hinge is
 positive (explicit mode: of the samples).
@@ -37,7 +40,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-
 import lossplug
 from lossplug import Kind, LossResult, PluginConfigError, PluginSpec, TensorSpec, param
 from lossplug.properties import Custom, NonNegative, ZeroAtPerfect
@@ -46,7 +48,14 @@ from .claims import check_cosine_scale_invariance, perfect_example
 from .distances import METRICS
 from .mining import AVERAGES, STRATEGIES
 
-__all__ = ["Config", "build_loss_graph", "lossplug_spec", "triplet_loss"]
+__all__ = [
+    "Config",
+    "TensorShapeError",
+    "build_loss_graph",
+    "explicit_hinge",
+    "lossplug_spec",
+    "triplet_loss",
+]
 
 MODES = ("mining", "explicit")
 EXPLICIT_TENSORS = ("anchor", "positive", "negative")
@@ -60,8 +69,8 @@ class Config:
     mode: str = param(
         "mining",
         choices=MODES,
-        doc="'mining': embeddings + labels, triplets mined in the batch (scalar loss); "
-        "'explicit': anchor/positive/negative tensors (per-sample loss)",
+        doc="'mining': embeddings + labels, triplets mined in the batch; "
+        "'explicit': anchor/positive/negative tensors, one triplet per sample",
     )
     margin: float = param(
         1.0, low=0.0, doc="m in max(0, m + d(a, p) - d(a, n)); must be < 2 for metric='cosine'"
@@ -171,6 +180,18 @@ def lossplug_spec() -> PluginSpec:
     return SPEC
 
 
+class TensorShapeError(lossplug.LossplugError, ValueError):
+    """A tensor ``triplet`` reads has a shape it cannot use."""
+
+
+def _check_matrix(value: Any, name: str, mode: str) -> None:
+    if len(value.shape) != 2:
+        raise TensorShapeError(
+            f"loss plugin 'triplet' (mode={mode!r}) needs {name} of shape (batch, dim), got "
+            f"shape {tuple(value.shape)}; flatten or pool them first, or bind another layer"
+        )
+
+
 def _require(mapping: Any, name: str, source: str, config: Config, needed: tuple[str, ...]) -> Any:
     value = mapping.get(name)
     if value is None:
@@ -179,13 +200,22 @@ def _require(mapping: Any, name: str, source: str, config: Config, needed: tuple
             f"{', '.join(needed)}; {source}[{name!r}] is missing. Expose a layer with that name "
             f"(LossModel(..., expose=[...])) or bind it, e.g. "
             f"lossplug.use('triplet', bind={{{name!r}: 'your_layer'}})"
-            + (
-                "; in mining mode y_true comes from fit(x, y)"
-                if name == "y_true"
-                else ""
-            )
+            + ("; in mining mode y_true comes from fit(x, y)" if name == "y_true" else "")
         )
     return value
+
+
+def explicit_hinge(anchor: Any, positive: Any, negative: Any, config: Config) -> Any:
+    """Per-sample hinges max(0, m + d(a_i, p_i) - d(a_i, n_i)), shape (B,)."""
+    from keras import ops
+
+    from .distances import compute_dtype, paired_distance
+
+    dtype = compute_dtype(anchor)
+    anchor, positive, negative = (ops.cast(t, dtype) for t in (anchor, positive, negative))
+    d_ap = paired_distance(anchor, positive, config.metric)
+    d_an = paired_distance(anchor, negative, config.metric)
+    return ops.relu(config.margin + d_ap - d_an)
 
 
 def triplet_loss(
@@ -197,8 +227,9 @@ def triplet_loss(
     is applied to the embeddings, labels and sample weights before mining.
     """
     from keras import ops
+    from lossplug.terms import reduce_per_sample
 
-    from .distances import compute_dtype, paired_distance, pairwise_distances
+    from .distances import compute_dtype, pairwise_distances, safe_sqrt
     from .mining import mine
 
     if config.mode == "explicit":
@@ -206,23 +237,30 @@ def triplet_loss(
             _require(outputs, name, "outputs", config, EXPLICIT_TENSORS)
             for name in EXPLICIT_TENSORS
         )
-        dtype = compute_dtype(anchor)
-        anchor, pos, neg = (ops.cast(t, dtype) for t in (anchor, pos, neg))
-        d_ap = paired_distance(anchor, pos, config.metric)
-        d_an = paired_distance(anchor, neg, config.metric)
-        loss = ops.relu(config.margin + d_ap - d_an)
-        active = ops.mean(ops.cast(loss > 0, "float32"))
+        for name, value in zip(EXPLICIT_TENSORS, (anchor, pos, neg), strict=True):
+            _check_matrix(value, name, "explicit")
+        if not (anchor.shape[-1] == pos.shape[-1] == neg.shape[-1]):
+            raise TensorShapeError(
+                "loss plugin 'triplet' (mode='explicit') needs anchor, positive and negative "
+                f"of one dimension, got {anchor.shape[-1]}, {pos.shape[-1]} and {neg.shape[-1]}"
+            )
+        hinge = explicit_hinge(anchor, pos, neg, config)
+        active = ops.mean(ops.cast(hinge > 0, "float32"))
+        # Reduced exactly as the core reduces per-sample losses, so that one spec
+        # (returns="scalar") describes both modes.
+        loss = reduce_per_sample(hinge, sample_weight)
         return LossResult(loss=loss, metrics={"active_fraction": active})
 
     embeddings = _require(outputs, "embeddings", "outputs", config, MINING_TENSORS)
     labels = _require(inputs, "y_true", "inputs", config, MINING_TENSORS)
+    _check_matrix(embeddings, "embeddings", "mining")
+    if len(labels.shape) > 2 or (len(labels.shape) == 2 and labels.shape[-1] not in (1, None)):
+        raise TensorShapeError(
+            "loss plugin 'triplet' (mode='mining') needs integer labels of shape (batch,), got "
+            f"shape {tuple(labels.shape)} (one-hot?); pass class ids (e.g. argmax of one-hot)"
+        )
     dtype = compute_dtype(embeddings)
     embeddings = ops.cast(embeddings, dtype)
-    if len(embeddings.shape) != 2:
-        raise lossplug.PluginResultError(
-            f"loss plugin 'triplet' (mode='mining') needs embeddings of shape (batch, dim), "
-            f"got shape {tuple(embeddings.shape)}; flatten or pool them first"
-        )
     labels = ops.reshape(labels, (-1,))
     weights = None if sample_weight is None else ops.reshape(ops.cast(sample_weight, dtype), (-1,))
     if gather is not None:
@@ -230,7 +268,12 @@ def triplet_loss(
         labels = gather(labels)
         if weights is not None:
             weights = gather(weights)
-    distances = pairwise_distances(embeddings, config.metric)
+    transform = None
+    if config.mining == "batch_hard" and config.metric == "euclidean":
+        # the hardest pairs are the same for squared distances: take 2B square roots, not B^2
+        distances, transform = pairwise_distances(embeddings, "squared_euclidean"), safe_sqrt
+    else:
+        distances = pairwise_distances(embeddings, config.metric)
     result = mine(
         distances,
         labels,
@@ -238,6 +281,7 @@ def triplet_loss(
         strategy=config.mining,
         average=config.average,
         weights=weights,
+        transform=transform,
     )
     return LossResult(loss=result.loss, metrics={"active_fraction": result.active_fraction})
 
@@ -249,10 +293,4 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
     gather = None
     if config.mode == "mining" and extras.global_batch and extras.num_replicas > 1:
         gather = extras.all_gather
-    return triplet_loss(
-        inputs,
-        outputs,
-        config,
-        sample_weight=extras.sample_weight if config.mode == "mining" else None,
-        gather=gather,
-    )
+    return triplet_loss(inputs, outputs, config, sample_weight=extras.sample_weight, gather=gather)

@@ -13,7 +13,6 @@ from typing import Any
 
 import attrs
 import numpy as np
-
 from lossplug.properties import Example
 
 #: rows with a norm below this are left alone when rescaling (they are
@@ -105,9 +104,7 @@ def _embedding_tensors(config: Any) -> tuple[str, ...]:
     return ("anchor", "positive", "negative") if config.mode == "explicit" else ("embeddings",)
 
 
-def check_cosine_scale_invariance(
-    example: Example, loss_fn: Callable[[Example], Any]
-) -> None:
+def check_cosine_scale_invariance(example: Example, loss_fn: Callable[[Example], Any]) -> None:
     """With metric='cosine', rescaling embeddings row by row leaves the loss unchanged.
 
     Powers of two (exact in floating point) are always checked; other factors

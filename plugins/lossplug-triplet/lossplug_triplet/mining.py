@@ -11,12 +11,14 @@ A triplet (a, p, n) is *valid* when p is in P(a) and n in N(a), and
 batch_all
     L = sum over valid (a, p, n) of w_a h(a, p, n)  /  sum over valid (a, p, n) of w_a
     (``average="active"``: the denominator counts active triplets only).
-    Computed per anchor without the B x B x B tensor: sort each anchor's
-    negative distances once (O(B^2 log B)), keep their cumulative sums, and for
-    each positive p with threshold t = m + D[a, p] find by binary search the
-    number c of negatives closer than t; then
-    sum over n of h(a, p, n) = c t - (sum of the c smallest negative distances).
-    Time O(B^2 log B + B^2 dim), memory O(B^2) (a handful of B x B tensors).
+    Computed without the B x B x B tensor, from the negatives' side: for an
+    anchor a and a negative n, the positives whose threshold t_ap = m + D[a, p]
+    exceeds D[a, n] contribute t_ap - D[a, n]. Each anchor's positive distances
+    are taken with top_k (P = max_a |P(a)| of them, so P = K - 1 for P x K
+    batches), giving its thresholds in order; one binary search per (a, n) in
+    those P thresholds gives their number q and, through suffix sums, their
+    sum S, and sum over p of h(a, p, n) = S - q D[a, n].
+    Time O(B^2 dim + B^2 log P), memory O(B^2 + B P) (a handful of B x B tensors).
 
 batch_hard (Hermans et al., 2017)
     one triplet per anchor with positives and negatives:
@@ -29,7 +31,9 @@ semi_hard (Schroff et al., 2015; the selection of TF Addons' TripletSemiHardLoss
     n* = argmin {D[a, n] : n in N(a), D[a, n] > D[a, p]}, or, when every
     negative is at most as far as the positive, the farthest negative
     argmax_{n in N(a)} D[a, n]. L = mean of h(a, p, n*) over valid pairs
-    (weighted by w_a). Reuses the sorted negatives: O(B^2 log B) time, O(B^2) memory.
+    (weighted by w_a). Each anchor's negative distances are sorted once and
+    each of its P positive distances is located by binary search:
+    time O(B^2 dim + B^2 log B), memory O(B^2).
 
 Every strategy returns exactly 0 with finite (zero) gradients when the batch
 holds no valid triplet (a single class, or only singletons), instead of 0 / 0.
@@ -64,10 +68,17 @@ def _safe_divide(numerator: Any, denominator: Any) -> Any:
     return ops.where(positive, numerator / ops.where(positive, denominator, 1.0), 0.0)
 
 
-def _sorted_negatives(distances: Any, negative: Any, sentinel: Any) -> Any:
-    """Each row's negative distances in increasing order, padded with ``sentinel``."""
-    padded = ops.where(negative, distances, sentinel)
-    return ops.sort(padded, axis=1)
+def _positive_distances(distances: Any, positive: Any, n_pos: Any) -> tuple[Any, Any]:
+    """Each anchor's positive distances, largest first, and which entries are real.
+
+    Shape (B, P) with P = max_a |P(a)| (at least 1, at most B): padding is -1.
+    In the usual P x K batches P = K - 1 is small, so everything indexed by
+    positives costs O(B P) instead of O(B^2).
+    """
+    size = ops.shape(distances)[0]
+    width = ops.minimum(ops.maximum(ops.cast(ops.max(n_pos), "int32"), 1), size)
+    values = tf.math.top_k(ops.where(positive, distances, -1.0), k=width).values
+    return values, values >= 0.0
 
 
 def mine(
@@ -78,11 +89,15 @@ def mine(
     strategy: str,
     average: str = "valid",
     weights: Any = None,
+    transform: Any = None,
 ) -> MiningResult:
     """The mined triplet loss from a (B, B) distance matrix and (B,) labels.
 
     ``distances`` must be non-negative with a zero diagonal; ``weights`` (B,)
-    weight each anchor's triplets.
+    weight each anchor's triplets. ``transform`` (batch_hard only): ``distances``
+    hold an increasing function of the distance (squared Euclidean distances, say)
+    and ``transform`` maps the two selected values per anchor to distances, which
+    saves transforming all B^2 entries.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown mining strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -97,43 +112,52 @@ def mine(
     if weights is None:
         weights = ops.ones((size,), dtype=dtype)
     weights = ops.cast(ops.reshape(weights, (-1,)), dtype)
-    # Larger than any threshold m + D[a, p], so padding never counts as a negative.
+    # Larger than any distance, so padding never counts as a negative.
     sentinel = ops.stop_gradient(ops.max(distances)) + margin + 1.0
 
+    if transform is not None and strategy != "batch_hard":
+        raise ValueError("mine(transform=...) applies to strategy='batch_hard' only")
     if strategy == "batch_hard":
         hardest_pos = ops.max(ops.where(positive, distances, 0.0), axis=1)
         hardest_neg = ops.min(ops.where(negative, distances, sentinel), axis=1)
+        if transform is not None:
+            hardest_pos, hardest_neg = transform(hardest_pos), transform(hardest_neg)
         valid = ops.cast(ops.logical_and(n_pos > 0, n_neg > 0), dtype)
         hinge = ops.relu(margin + hardest_pos - hardest_neg) * valid
         per_anchor_loss = hinge
         per_anchor_valid = valid
         per_anchor_active = ops.cast(hinge > 0, dtype)
-    else:
-        neg_sorted = _sorted_negatives(distances, negative, sentinel)
-        if strategy == "batch_all":
-            thresholds = margin + distances  # t[a, p]
-            # c[a, p] = number of negatives of a strictly closer than t[a, p]
-            closer = tf.searchsorted(neg_sorted, thresholds, side="left")
-            cumulative = ops.concatenate(
-                [ops.zeros((size, 1), dtype=dtype), ops.cumsum(neg_sorted, axis=1)], axis=1
-            )
-            closer_sum = ops.take_along_axis(cumulative, closer, axis=1)
-            closer = ops.cast(closer, dtype)
-            pair_loss = ops.where(positive, closer * thresholds - closer_sum, 0.0)
-            # c t - sum is a sum of positive terms; rounding may leave -eps.
-            per_anchor_loss = ops.sum(ops.relu(pair_loss), axis=1)
-            per_anchor_valid = n_pos * n_neg
-            per_anchor_active = ops.sum(ops.where(positive, closer, 0.0), axis=1)
-        else:  # semi_hard
-            # index of the first negative strictly farther than the positive
-            farther = tf.searchsorted(neg_sorted, distances, side="right")
-            last = ops.cast(ops.maximum(n_neg - 1.0, 0.0), farther.dtype)[:, None]
-            chosen = ops.take_along_axis(neg_sorted, ops.minimum(farther, last), axis=1)
-            valid_pair = ops.logical_and(positive, (n_neg > 0)[:, None])
-            hinge = ops.where(valid_pair, ops.relu(margin + distances - chosen), 0.0)
-            per_anchor_loss = ops.sum(hinge, axis=1)
-            per_anchor_valid = ops.sum(ops.cast(valid_pair, dtype), axis=1)
-            per_anchor_active = ops.sum(ops.cast(hinge > 0, dtype), axis=1)
+    elif strategy == "batch_all":
+        # For each negative n of a: the positives p of a whose threshold
+        # t = m + D[a, p] exceeds D[a, n] contribute t - D[a, n]; with a's thresholds
+        # sorted, one binary search gives their number q and (suffix sums) their sum.
+        pos_distances, is_pos = _positive_distances(distances, positive, n_pos)
+        thresholds = ops.flip(ops.where(is_pos, margin + pos_distances, -1.0), axis=1)
+        width = ops.shape(thresholds)[1]
+        suffix = ops.concatenate(
+            [tf.cumsum(thresholds, axis=1, reverse=True), ops.zeros((size, 1), dtype=dtype)],
+            axis=1,
+        )
+        below = tf.searchsorted(thresholds, distances, side="right")  # thresholds <= D[a, n]
+        above = ops.cast(width - below, dtype)
+        hinge_sum = ops.take_along_axis(suffix, below, axis=1) - above * distances
+        # a sum of positive terms; rounding may leave -eps
+        hinge_sum = ops.where(negative, ops.relu(hinge_sum), 0.0)
+        per_anchor_loss = ops.sum(hinge_sum, axis=1)
+        per_anchor_valid = n_pos * n_neg
+        per_anchor_active = ops.sum(ops.where(negative, above, 0.0), axis=1)
+    else:  # semi_hard
+        neg_sorted = ops.sort(ops.where(negative, distances, sentinel), axis=1)
+        pos_distances, is_pos = _positive_distances(distances, positive, n_pos)
+        # index of the first negative strictly farther than the positive, else the last one
+        farther = tf.searchsorted(neg_sorted, pos_distances, side="right")
+        last = ops.cast(ops.maximum(n_neg - 1.0, 0.0), farther.dtype)[:, None]
+        chosen = ops.take_along_axis(neg_sorted, ops.minimum(farther, last), axis=1)
+        valid_pair = ops.logical_and(is_pos, (n_neg > 0)[:, None])
+        hinge = ops.where(valid_pair, ops.relu(margin + pos_distances - chosen), 0.0)
+        per_anchor_loss = ops.sum(hinge, axis=1)
+        per_anchor_valid = ops.sum(ops.cast(valid_pair, dtype), axis=1)
+        per_anchor_active = ops.sum(ops.cast(hinge > 0, dtype), axis=1)
 
     total = ops.sum(weights * per_anchor_loss)
     counted = per_anchor_active if average == "active" else per_anchor_valid

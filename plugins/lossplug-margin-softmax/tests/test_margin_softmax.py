@@ -1,0 +1,420 @@
+"""Tests of the margin_softmax plugin: the margins against their papers' formulas, the
+neutral margin, stability, configuration and training."""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import attrs
+import keras
+import lossplug
+import lossplug_margin_softmax as plugin
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from lossplug.extras import Extras, StateStore
+from lossplug.properties import Example
+from lossplug.terms import call_plugin
+from lossplug.testing import conformance_tests
+from lossplug_margin_softmax.margins import MARGIN_RANGES, NEUTRAL_MARGINS, angle, target_logit
+
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+KINDS = ("arcface", "cosface", "sphereface")
+
+
+# ----------------------------------------------------------------------------- helpers
+def run(labels, features, weights=None, *, grads=False, **values):
+    """Call the plugin as the core does; ``weights`` overwrite the class weights W."""
+    cfg = plugin.SPEC.make_config(values)
+    store = StateStore(plugin="margin_softmax")
+    extras = Extras(
+        config=cfg,
+        epoch=tf.constant(0, tf.int64),
+        step=tf.constant(0, tf.int64),
+        training=True,
+        state=store,
+    )
+    labels, features = tf.constant(labels), tf.constant(features)
+
+    def call():
+        return call_plugin(
+            plugin.SPEC,
+            plugin.build_loss_graph,
+            {"y_true": labels},
+            {"features": features},
+            extras,
+            term="margin_softmax",
+        )
+
+    call()  # creates W
+    if weights is not None:
+        store.assign({"class_weights": np.asarray(weights)})
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        out = call()
+        total = tf.reduce_sum(out.loss)
+    assert out.per_sample
+    loss = out.loss.numpy().astype(np.float64)
+    if not grads:
+        return loss
+    variable = store.trainable_variables[0]
+    g_features, g_weights = tape.gradient(total, [features, variable])
+    return loss, g_features.numpy(), g_weights.numpy()
+
+
+def reference(labels, features, weights, kind, scale, margin, easy_margin=False, lam=0.0):
+    """The papers' formulas in float64 NumPy: angles from arccos, margin on the target only."""
+    x = np.asarray(features, np.float64)
+    w = np.asarray(weights, np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    w = w / np.linalg.norm(w, axis=0, keepdims=True)
+    cos = x @ w
+    rows = np.arange(len(labels))
+    c = np.clip(cos[rows, labels], -1.0, 1.0)
+    theta = np.arccos(c)
+    if kind == "arcface":
+        if easy_margin:
+            phi = np.where(c > 0, np.cos(theta + margin), c)
+        else:
+            phi = np.where(
+                theta + margin <= np.pi, np.cos(theta + margin), c - margin * np.sin(margin)
+            )
+    elif kind == "cosface":
+        phi = c - margin
+    else:
+        k = np.floor(margin * theta / np.pi)
+        psi = (-1.0) ** k * np.cos(margin * theta) - 2 * k
+        phi = (lam * c + psi) / (1 + lam)
+    logits = scale * cos
+    logits[rows, labels] = scale * phi
+    top = logits.max(axis=1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1)) - logits[rows, labels]
+
+
+def loss_of(labels, features, weights, **values):
+    """The per-sample loss from the pure function (no state store): fast, for the maths."""
+    cfg = plugin.SPEC.make_config(values)
+    return (
+        plugin.margin_softmax_loss(
+            tf.constant(features), tf.constant(labels), tf.constant(weights), cfg
+        )
+        .numpy()
+        .astype(np.float64)
+    )
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 6))
+    dim = draw(st.integers(2, 5))
+    classes = draw(st.integers(2, 6))
+    unit = st.floats(-1.0, 1.0, allow_nan=False)
+    features = draw(hnp.arrays(np.float64, (n, dim), elements=unit))
+    weights = draw(hnp.arrays(np.float64, (dim, classes), elements=unit))
+    labels = draw(hnp.arrays(np.int32, (n,), elements=st.integers(0, classes - 1)))
+    features[np.linalg.norm(features, axis=1) < 1e-3, 0] = 1.0  # directions must exist
+    weights[0, np.linalg.norm(weights, axis=0) < 1e-3] = 1.0
+    return labels, features, weights, classes
+
+
+@st.composite
+def kind_configs(draw):
+    kind = draw(st.sampled_from(KINDS))
+    low, high = MARGIN_RANGES[kind]
+    values = {
+        "kind": kind,
+        "margin": draw(st.floats(low, high)),
+        "scale": draw(st.floats(1.0, 64.0)),
+    }
+    if kind == "arcface":
+        values["easy_margin"] = draw(st.booleans())
+    if kind == "sphereface":
+        values["sphere_lambda"] = draw(st.sampled_from([0.0, 0.5, 5.0]))
+    return values
+
+
+# ----------------------------------------------------------------------------- the maths
+@SETTINGS
+@given(problem=problems(), values=kind_configs())
+def test_loss_equals_the_papers_formulas(problem, values):
+    labels, features, weights, classes = problem
+    got = loss_of(labels, features, weights, num_classes=classes, **values)
+    expected = reference(
+        labels,
+        features,
+        weights,
+        values["kind"],
+        values["scale"],
+        values["margin"],
+        values.get("easy_margin", False),
+        values.get("sphere_lambda", 0.0),
+    )
+    # arccos in the reference loses ~1e-8 rad near theta = 0 and pi; the plugin uses atan2
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * values["scale"])
+
+
+@SETTINGS
+@given(problem=problems(), kind=st.sampled_from(KINDS), scale=st.floats(0.5, 64.0))
+def test_neutral_margin_equals_normalised_softmax_cross_entropy(problem, kind, scale):
+    labels, features, weights, classes = problem
+    values = {"kind": kind, "scale": scale, "margin": NEUTRAL_MARGINS[kind]}
+    got = run(
+        labels,
+        features.astype(np.float32),
+        weights.astype(np.float32),
+        num_classes=classes,
+        **values,
+    )  # through the core, float32
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    w = weights / np.linalg.norm(weights, axis=0, keepdims=True)
+    expected = keras.losses.sparse_categorical_crossentropy(
+        labels, scale * (x @ w), from_logits=True
+    ).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    claimed = plugin.normalised_softmax_reference(
+        Example(
+            inputs={"y_true": labels},
+            outputs={"features": features},
+            config=plugin.SPEC.make_config({"num_classes": classes, **values}),
+            state={"class_weights": weights},
+        )
+    )
+    np.testing.assert_allclose(claimed, expected, rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(problem=problems(), values=kind_configs())
+def test_loss_is_non_negative_and_grows_with_the_margin(problem, values):
+    labels, features, weights, classes = problem
+    values = {**values, "num_classes": classes}
+    assert np.all(loss_of(labels, features.astype(np.float32), weights, **values) >= 0.0)
+    example = Example(
+        inputs={"y_true": labels},
+        outputs={"features": features},
+        config=plugin.SPEC.make_config(values),
+        state={"class_weights": weights},
+    )
+
+    def loss_fn(ex):
+        return loss_of(
+            ex.inputs["y_true"],
+            ex.outputs["features"],
+            ex.state["class_weights"],
+            **attrs.asdict(ex.config),
+        )
+
+    plugin._check_monotone_in_margin(example, loss_fn)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("margin_position", ["low", "default", "high"])
+def test_target_logit_is_continuous_enough_and_decreasing_in_the_angle(kind, margin_position):
+    low, high = MARGIN_RANGES[kind]
+    margin = {"low": low, "high": high, "default": plugin.margins.DEFAULT_MARGINS[kind]}[
+        margin_position
+    ]
+    theta = np.linspace(0.0, np.pi, 20001)
+    phi = target_logit(tf.constant(np.cos(theta)), tf.constant(np.sin(theta)), kind, margin)
+    phi = phi.numpy()
+    assert np.all(np.diff(phi) <= 1e-12), "phi must not increase with the angle"
+    assert np.all(phi <= np.cos(theta) + 1e-12), "the margin must never help the target class"
+    if kind == "sphereface":
+        assert np.max(np.abs(np.diff(phi))) < 1e-2  # psi is continuous
+    if kind == "arcface" and margin > 0:
+        # the standard fallback's only jump is at theta = pi - m, of size cos m + m sin m - 1
+        jumps = np.flatnonzero(np.abs(np.diff(phi)) > 1e-2)
+        assert np.all(np.abs(theta[jumps] - (np.pi - margin)) < 1e-3)
+
+
+def test_easy_margin_only_applies_to_positive_cosines():
+    theta = np.linspace(0.0, np.pi, 1001)
+    c, s = tf.constant(np.cos(theta)), tf.constant(np.sin(theta))
+    phi = target_logit(c, s, "arcface", 0.5, easy_margin=True).numpy()
+    positive = np.cos(theta) > 0
+    np.testing.assert_allclose(phi[positive], np.cos(theta[positive] + 0.5), atol=1e-12)
+    np.testing.assert_allclose(phi[~positive], np.cos(theta[~positive]), atol=1e-12)
+
+
+def test_angle_is_accurate_where_arccos_is_not():
+    """theta = atan2(sin, cos) keeps full precision for tiny angles (arccos(cos) cannot)."""
+    tiny = np.array([1e-9, 1e-7, 1e-5], np.float64)
+    features = np.stack([np.cos(tiny), np.sin(tiny)], axis=1)
+    weight = np.tile([[1.0, 0.0]], (3, 1))
+    from lossplug_margin_softmax.margins import cosine_and_sine
+
+    c, s = cosine_and_sine(tf.constant(features), tf.constant(weight))
+    np.testing.assert_allclose(angle(c, s).numpy(), tiny, rtol=1e-6)
+    f32 = cosine_and_sine(tf.constant(features, tf.float32), tf.constant(weight, tf.float32))
+    np.testing.assert_allclose(angle(*f32).numpy(), tiny, rtol=1e-3)  # float32 cos would say 0
+
+
+# ----------------------------------------------------------------------------- stability
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"kind": "arcface"},
+        {"kind": "arcface", "easy_margin": True},
+        {"kind": "arcface", "margin": math.pi / 2},
+        {"kind": "cosface"},
+        {"kind": "sphereface"},
+        {"kind": "sphereface", "margin": 8.0, "sphere_lambda": 5.0},
+    ],
+    ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_finite_loss_and_gradients_at_the_singular_points(values):
+    """Features exactly on (cos = 1) or opposite (cos = -1) their class weight, zero features,
+    zero weight columns: the places where arccos / sqrt(1 - c^2) give NaN gradients."""
+    weights = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)  # 3rd column is zero
+    features = np.array([[3.0, 0.0], [-2.0, 0.0], [0.0, 0.0], [0.0, 5.0], [1.0, 1.0]], np.float32)
+    labels = np.array([0, 0, 1, 1, 2], np.int32)
+    loss, g_features, g_weights = run(
+        labels, features, weights, grads=True, num_classes=3, scale=64.0, **values
+    )
+    assert np.all(np.isfinite(loss)) and np.all(loss >= 0)
+    assert np.all(np.isfinite(g_features)) and np.all(np.isfinite(g_weights))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float16_features_at_scale_64_match_float32(kind):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(32, 16)).astype(np.float16)
+    weights = rng.normal(size=(16, 100)).astype(np.float32)
+    labels = rng.integers(0, 100, 32).astype(np.int32)
+    low = loss_of(labels, features, weights, num_classes=100, kind=kind, scale=64.0)
+    high = loss_of(
+        labels, features.astype(np.float32), weights, num_classes=100, kind=kind, scale=64.0
+    )
+    assert np.all(np.isfinite(low))
+    np.testing.assert_allclose(low, high, rtol=1e-5, atol=1e-4)
+
+
+def test_initial_loss_and_gradients_are_finite_with_many_classes():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(64, 32)).astype(np.float32)
+    labels = rng.integers(0, 5000, 64).astype(np.int32)
+    for kind in KINDS:
+        loss, g_features, g_weights = run(
+            labels, features, None, grads=True, num_classes=5000, kind=kind, scale=64.0
+        )
+        assert np.all(np.isfinite(loss)) and np.isfinite(g_features).all()
+        assert np.isfinite(g_weights).all() and np.abs(g_weights).max() > 0
+
+
+def test_class_weights_are_one_trainable_state_variable():
+    store = StateStore(plugin="margin_softmax")
+    cfg = plugin.SPEC.make_config({"num_classes": 7})
+    extras = Extras(
+        config=cfg, epoch=tf.constant(0), step=tf.constant(0), training=False, state=store
+    )
+    for _ in range(2):
+        plugin.build_loss_graph(
+            {"y_true": tf.constant([1, 2])}, {"features": tf.ones((2, 5))}, extras
+        )
+    (variable,) = store.trainable_variables
+    assert tuple(variable.shape) == (5, 7)
+    assert variable.path.endswith("class_weights")
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"kind": "arcface", "margin": 2.0}, "outside [0, 1.5708] for kind='arcface'"),
+        ({"kind": "cosface", "margin": -0.1}, "outside [0, 1] for kind='cosface'"),
+        ({"kind": "sphereface", "margin": 0.5}, "outside [1, 8] for kind='sphereface'"),
+        ({"kind": "cosface", "easy_margin": True}, "kind='arcface' only"),
+        ({"kind": "arcface", "sphere_lambda": 5.0}, "kind='sphereface' only"),
+        ({"kind": "normface"}, "kind='normface' is invalid"),
+        ({"num_classes": 1}, "num_classes=1 is invalid"),
+        ({"num_classes": 10.0}, "num_classes=10.0 is invalid"),
+        ({"scale": 0.0}, "scale=0.0 is invalid"),
+        ({"margin": "0.5"}, "margin='0.5' is invalid"),
+        ({"margin": float("nan")}, "margin=nan is outside"),
+    ],
+)
+def test_bad_configuration_is_rejected_with_the_field_and_rule(values, fragment):
+    with pytest.raises(lossplug.PluginConfigError, match="margin_softmax") as info:
+        lossplug.use("margin_softmax", **values)
+    assert fragment in str(info.value)
+
+
+def test_margin_none_means_the_papers_value():
+    for kind, value in plugin.margins.DEFAULT_MARGINS.items():
+        assert plugin.SPEC.make_config({"kind": kind}).resolved_margin == value
+
+
+def test_labels_outside_the_classes_are_reported():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes=3"):
+        run(np.array([0, 3], np.int32), np.ones((2, 4), np.float32), num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("labels", "features", "fragment"),
+    [
+        (np.eye(3, dtype=np.float32), np.ones((3, 4), np.float32), "one-hot"),
+        (np.array([0, 1, 2], np.int32), np.ones((3, 2, 2), np.float32), "shape (batch, dim)"),
+    ],
+)
+def test_wrong_tensor_shapes_are_reported(labels, features, fragment):
+    with pytest.raises(plugin.TensorShapeError, match="margin_softmax") as info:
+        run(labels, features, num_classes=3)
+    assert fragment in str(info.value)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_on_digits_learns_class_weights_that_classify(kind, tmp_path):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = (x / 16.0).astype("float32"), y.astype("int32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(64, activation="relu")(inputs)
+    features = keras.layers.Dense(16, name="features")(hidden)
+    model = lossplug.LossModel(inputs, features)
+    extra = {"sphere_lambda": 5.0} if kind == "sphereface" else {}
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=lossplug.use("margin_softmax", num_classes=10, kind=kind, scale=16.0, **extra),
+    )
+    history = model.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    losses = history.history["margin_softmax"]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.6 * losses[0], losses
+
+    def weights_of(m):
+        return next(v for v in m.weights if v.path.endswith("class_weights")).numpy()
+
+    def accuracy(m):
+        f = m.predict(x, verbose=0)
+        w = weights_of(m)
+        cos = (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (
+            w / np.linalg.norm(w, axis=0, keepdims=True)
+        )
+        return float(np.mean(cos.argmax(axis=1) == y))
+
+    assert accuracy(model) > 0.85
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(weights_of(loaded), weights_of(model))
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y, verbose=0, return_dict=True)["loss"],
+        model.evaluate(x, y, verbose=0, return_dict=True)["loss"],
+        rtol=1e-5,
+    )
+
+
+test_conformance = conformance_tests("margin_softmax")

@@ -1,0 +1,729 @@
+"""Tests of the triplet plugin: mining against brute force, degenerate batches, claims,
+configuration, tf.distribute and training."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import attrs
+import keras
+import lossplug
+import lossplug_triplet as plugin
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from lossplug.extras import Extras, StateStore
+from lossplug.terms import call_plugin
+from lossplug.testing import conformance_tests
+from lossplug_triplet.claims import check_cosine_scale_invariance, perfect_example
+from lossplug_triplet.distances import pairwise_distances
+from lossplug_triplet.mining import mine
+
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
+METRICS = ("euclidean", "squared_euclidean", "cosine")
+
+
+# ----------------------------------------------------------------------------- helpers
+def config(**values):
+    return plugin.SPEC.make_config(values)
+
+
+def run(
+    cfg,
+    *,
+    embeddings=None,
+    labels=None,
+    anchor=None,
+    positive=None,
+    negative=None,
+    sample_weight=None,
+):
+    """Call the plugin through the core's call_plugin; returns (loss, metrics) as NumPy."""
+    inputs, outputs = {}, {}
+    if labels is not None:
+        inputs["y_true"] = tf.constant(labels)
+    for name, value in (
+        ("embeddings", embeddings),
+        ("anchor", anchor),
+        ("positive", positive),
+        ("negative", negative),
+    ):
+        if value is not None:
+            outputs[name] = tf.constant(value)
+    extras = Extras(
+        config=cfg,
+        epoch=tf.constant(0, tf.int64),
+        step=tf.constant(0, tf.int64),
+        training=True,
+        state=StateStore(plugin="triplet"),
+        sample_weight=sample_weight,
+    )
+    out = call_plugin(plugin.SPEC, plugin.build_loss_graph, inputs, outputs, extras, term="triplet")
+    metrics = {k: float(v) for k, (v, _) in out.metrics.items()}
+    return float(out.loss), metrics
+
+
+def np_distances(embeddings, metric):
+    e = np.asarray(embeddings, dtype=np.float64)
+    if metric == "cosine":
+        norms = np.sqrt(np.maximum((e * e).sum(1, keepdims=True), 1e-12))
+        u = e / norms
+        d = np.clip(1.0 - u @ u.T, 0.0, 2.0)
+    else:
+        d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+        if metric == "euclidean":
+            d = np.sqrt(d)
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def brute_force(d, labels, margin, strategy, average="valid", weights=None):
+    """The mined loss by enumerating every (anchor, positive, negative): O(B^3).
+
+    Returns (loss, active fraction)."""
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    scored = []  # (anchor, hinge)
+    for a in range(n):
+        pos = [p for p in range(n) if p != a and labels[p] == labels[a]]
+        neg = [q for q in range(n) if labels[q] != labels[a]]
+        if strategy == "batch_all":
+            scored += [(a, max(0.0, margin + d[a, p] - d[a, q])) for p in pos for q in neg]
+        elif strategy == "batch_hard":
+            if pos and neg:
+                hardest = margin + max(d[a, p] for p in pos) - min(d[a, q] for q in neg)
+                scored.append((a, max(0.0, hardest)))
+        else:  # semi_hard
+            if not neg:
+                continue
+            for p in pos:
+                farther = [d[a, q] for q in neg if d[a, q] > d[a, p]]
+                chosen = min(farther) if farther else max(d[a, q] for q in neg)
+                scored.append((a, max(0.0, margin + d[a, p] - chosen)))
+    counted = [(a, h) for a, h in scored if average == "valid" or h > 0]
+    total = sum(w[a] * h for a, h in scored)
+    denominator = sum(w[a] for a, _ in counted)
+    loss = total / denominator if denominator > 0 else 0.0
+    active = sum(1 for _, h in scored if h > 0)
+    return loss, (active / len(scored) if scored else 0.0)
+
+
+def naive_tf_loss(embeddings, labels, margin, strategy, metric="euclidean"):
+    """What a user would write: the B x B x B broadcast (for gradient comparisons)."""
+    d = pairwise_distances(embeddings, metric)
+    same = tf.equal(labels[:, None], labels[None, :])
+    n = tf.shape(labels)[0]
+    pos = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
+    neg = tf.logical_not(same)
+    valid = tf.logical_and(pos[:, :, None], neg[:, None, :])
+    if strategy == "batch_all":
+        hinge = tf.nn.relu(margin + d[:, :, None] - d[:, None, :])
+        hinge = tf.where(valid, hinge, tf.zeros_like(hinge))
+        return tf.reduce_sum(hinge) / tf.maximum(tf.reduce_sum(tf.cast(valid, d.dtype)), 1.0)
+    # semi-hard: the closest negative farther than the positive, else the farthest negative
+    big = tf.reduce_max(d) + margin + 1.0
+    farther = tf.logical_and(valid, d[:, None, :] > d[:, :, None])
+    outside = tf.reduce_min(tf.where(farther, d[:, None, :], big), axis=2)
+    inside = tf.reduce_max(tf.where(neg, d, -1.0), axis=1)[:, None]
+    chosen = tf.where(tf.reduce_any(farther, axis=2), outside, inside)
+    pair = tf.logical_and(pos, tf.reduce_any(neg, axis=1)[:, None])
+    hinge = tf.where(pair, tf.nn.relu(margin + d - chosen), tf.zeros_like(d))
+    return tf.reduce_sum(hinge) / tf.maximum(tf.reduce_sum(tf.cast(pair, d.dtype)), 1.0)
+
+
+@st.composite
+def distance_problems(draw):
+    """A symmetric distance matrix on a coarse grid (many exact ties), labels, margin, weights."""
+    n = draw(st.integers(1, 8))
+    grid = draw(hnp.arrays(np.float64, (n, n), elements=st.integers(0, 6).map(lambda v: v / 2)))
+    d = np.triu(grid, 1)
+    d = d + d.T
+    labels = draw(hnp.arrays(np.int32, (n,), elements=st.integers(0, 3)))
+    margin = draw(st.sampled_from([0.0, 0.5, 1.0, 1.25, 3.0]))
+    weights = draw(
+        st.none() | hnp.arrays(np.float64, (n,), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0]))
+    )
+    return d, labels, margin, weights
+
+
+@st.composite
+def embedding_batches(draw, low=-5.0, high=5.0):
+    n = draw(st.integers(1, 8))
+    dim = draw(st.integers(1, 4))
+    values = st.floats(low, high, allow_nan=False, allow_infinity=False)
+    embeddings = draw(hnp.arrays(np.float64, (n, dim), elements=values))
+    labels = draw(hnp.arrays(np.int32, (n,), elements=st.integers(0, 2)))
+    return embeddings, labels
+
+
+# ----------------------------------------------------------------------------- mining maths
+@SETTINGS
+@given(
+    problem=distance_problems(),
+    strategy=st.sampled_from(STRATEGIES),
+    average=st.sampled_from(["valid", "active"]),
+)
+def test_mining_equals_brute_force_on_any_distance_matrix(problem, strategy, average):
+    d, labels, margin, weights = problem
+    result = mine(
+        tf.constant(d),
+        tf.constant(labels),
+        margin=margin,
+        strategy=strategy,
+        average=average,
+        weights=None if weights is None else tf.constant(weights),
+    )
+    expected, fraction = brute_force(d, labels, margin, strategy, average, weights)
+    np.testing.assert_allclose(float(result.loss), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(float(result.active_fraction), fraction, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(
+    batch=embedding_batches(),
+    metric=st.sampled_from(METRICS),
+    strategy=st.sampled_from(("batch_all", "batch_hard")),
+    margin=st.floats(0.0, 1.9),
+)
+def test_plugin_equals_brute_force_from_embeddings(batch, metric, strategy, margin):
+    """Through the plugin (distances included) the loss equals the O(B^3) enumeration."""
+    embeddings, labels = batch
+    cfg = config(metric=metric, mining=strategy, margin=margin)
+    loss, _ = run(cfg, embeddings=embeddings, labels=labels)
+    expected, _ = brute_force(np_distances(embeddings, metric), labels, margin, strategy)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("average", ["valid", "active"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_plugin_equals_brute_force_on_random_batches(strategy, average, metric):
+    """Every strategy and metric, float32 in, on batches with several classes."""
+    rng = np.random.default_rng(sum(map(ord, strategy + average + metric)))
+    for _ in range(3):
+        n = int(rng.integers(6, 24))
+        embeddings = rng.normal(size=(n, 5)).astype(np.float32)
+        labels = rng.integers(0, 4, n).astype(np.int32)
+        cfg = config(metric=metric, mining=strategy, average=average, margin=0.3)
+        loss, metrics = run(cfg, embeddings=embeddings, labels=labels)
+        expected, fraction = brute_force(
+            np_distances(embeddings, metric), labels, 0.3, strategy, average
+        )
+        np.testing.assert_allclose(loss, expected, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(metrics["active_fraction"], fraction, atol=1e-6)
+
+
+@SETTINGS
+@given(
+    values=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 7), st.integers(1, 5)),
+        elements=st.floats(-100, 100, width=32),
+    ),
+    metric=st.sampled_from(METRICS),
+)
+def test_pairwise_distances_are_accurate_in_float32(values, metric):
+    got = pairwise_distances(tf.constant(values), metric).numpy().astype(np.float64)
+    expected = np_distances(values, metric)
+    scale = 1.0 + np.abs(values).max()
+    if metric == "squared_euclidean":
+        tolerance = 1e-6 * scale**2
+    elif metric == "euclidean":
+        tolerance = 1e-6 * scale
+    else:
+        tolerance = 1e-6
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=tolerance)
+    assert np.all(np.diag(got) == 0.0)
+
+
+@SETTINGS
+@given(
+    batch=embedding_batches(),
+    strategy=st.sampled_from(("batch_all", "batch_hard")),
+    metric=st.sampled_from(METRICS),
+)
+def test_gradients_equal_those_of_the_broadcast_implementation(batch, strategy, metric):
+    embeddings, labels = batch
+    x = tf.constant(embeddings)
+    y = tf.constant(labels)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = mine(pairwise_distances(x, metric), y, margin=0.7, strategy=strategy).loss
+        if strategy == "batch_all":
+            reference = naive_tf_loss(x, y, 0.7, strategy, metric)
+        else:
+            d = pairwise_distances(x, metric)
+            same = tf.equal(y[:, None], y[None, :])
+            pos = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(y)[0], dtype=tf.bool)))
+            neg = tf.logical_not(same)
+            hp = tf.reduce_max(tf.where(pos, d, tf.zeros_like(d)), axis=1)
+            hn = tf.reduce_min(tf.where(neg, d, tf.fill(tf.shape(d), tf.reduce_max(d) + 9.0)), 1)
+            ok = tf.logical_and(tf.reduce_any(pos, 1), tf.reduce_any(neg, 1))
+            per = tf.where(ok, tf.nn.relu(0.7 + hp - hn), tf.zeros_like(hp))
+            reference = tf.reduce_sum(per) / tf.maximum(tf.reduce_sum(tf.cast(ok, x.dtype)), 1.0)
+    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-9, atol=1e-12)
+    g_ours, g_ref = tape.gradient(ours, x), tape.gradient(reference, x)
+    assert np.all(np.isfinite(g_ours.numpy()))
+    np.testing.assert_allclose(g_ours.numpy(), g_ref.numpy(), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_semi_hard_value_and_gradient_equal_the_broadcast_implementation(seed):
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=(20, 4)))
+    y = tf.constant(rng.integers(0, 4, 20).astype(np.int32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = mine(pairwise_distances(x, "euclidean"), y, margin=0.5, strategy="semi_hard").loss
+        reference = naive_tf_loss(x, y, 0.5, "semi_hard")
+    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-10)
+    np.testing.assert_allclose(
+        tape.gradient(ours, x).numpy(),
+        tape.gradient(reference, x).numpy(),
+        rtol=1e-8,
+        atol=1e-12,
+    )
+
+
+# ----------------------------------------------------------------------------- degenerate
+NO_TRIPLET_LABELS = {
+    "one class": [3, 3, 3, 3],
+    "all distinct": [0, 1, 2, 3],
+    "single sample": [5],
+}
+
+
+@pytest.mark.parametrize("labels", list(NO_TRIPLET_LABELS.values()), ids=list(NO_TRIPLET_LABELS))
+@pytest.mark.parametrize(("strategy", "metric"), list(itertools.product(STRATEGIES, METRICS)))
+@pytest.mark.parametrize("average", ["valid", "active"])
+def test_no_valid_triplet_gives_exactly_zero_and_finite_gradients(
+    labels, strategy, metric, average
+):
+    labels = np.asarray(labels, np.int32)
+    for embeddings in (
+        np.zeros((len(labels), 3), np.float32),
+        np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32),
+    ):
+        x = tf.Variable(embeddings)
+        cfg = config(mining=strategy, metric=metric, average=average)
+        with tf.GradientTape() as tape:
+            loss = plugin.triplet_loss({"y_true": tf.constant(labels)}, {"embeddings": x}, cfg)
+        assert float(loss.loss) == 0.0
+        assert float(loss.metrics["active_fraction"]) == 0.0
+        grad = tape.gradient(loss.loss, x)
+        assert grad is None or np.all(np.isfinite(grad.numpy()))
+
+
+@pytest.mark.parametrize(("strategy", "metric"), list(itertools.product(STRATEGIES, METRICS)))
+def test_coincident_embeddings_have_finite_gradients(strategy, metric):
+    """Valid triplets whose points coincide (d = 0): the sqrt and the normalisation are safe."""
+    x = tf.Variable(np.ones((6, 3), np.float32))
+    labels = tf.constant([0, 0, 1, 1, 2, 2])
+    with tf.GradientTape() as tape:
+        loss = plugin.triplet_loss(
+            {"y_true": labels},
+            {"embeddings": x},
+            config(mining=strategy, metric=metric, margin=0.5),
+        ).loss
+    np.testing.assert_allclose(float(loss), 0.5, rtol=1e-6)  # every hinge is exactly m
+    assert np.all(np.isfinite(tape.gradient(loss, x).numpy()))
+
+
+# ----------------------------------------------------------------------------- claims
+@SETTINGS
+@given(
+    batch=embedding_batches(),
+    metric=st.sampled_from(METRICS),
+    strategy=st.sampled_from(STRATEGIES),
+    margin=st.floats(0.0, 1.9),
+)
+def test_zero_once_every_gap_exceeds_the_margin(batch, metric, strategy, margin):
+    embeddings, labels = batch
+    cfg = config(metric=metric, mining=strategy, margin=margin)
+    example = lossplug.properties.Example(
+        inputs={"y_true": labels},
+        outputs={"embeddings": embeddings.astype(np.float32)},
+        config=cfg,
+    )
+    perfect = perfect_example(example)
+    loss, metrics = run(perfect.config, embeddings=perfect.outputs["embeddings"], labels=labels)
+    assert loss == 0.0
+    assert metrics["active_fraction"] == 0.0
+    # and the margin really is met: every valid (a, p, n) has d(a, n) - d(a, p) > m
+    d = np_distances(perfect.outputs["embeddings"], metric)
+    same = labels[:, None] == labels[None, :]
+    for a in range(len(labels)):
+        for p in np.flatnonzero(same[a]):
+            for q in np.flatnonzero(~same[a]):
+                if p != a:
+                    gap, margin_used = d[a, q] - d[a, p], perfect.config.margin
+                    # (margin 0 with coincident classes: 1-D cosine cannot separate 3 classes)
+                    assert gap > margin_used or (margin_used == 0.0 and gap >= 0.0)
+
+
+def test_a_violated_gap_is_penalised_by_exactly_its_shortfall():
+    # 1-D: anchor 0, positive at 1, negative at 1.2 -> d_ap = 1, d_an = 1.2, m = 0.5
+    embeddings = np.array([[0.0], [1.0], [1.2]], np.float32)
+    labels = np.array([0, 0, 1], np.int32)
+    loss, metrics = run(
+        config(mining="batch_all", margin=0.5), embeddings=embeddings, labels=labels
+    )
+    # valid triplets: (0,1,2): 0.5+1-1.2=0.3 ; (1,0,2): 0.5+1-0.2=1.3
+    np.testing.assert_allclose(loss, (0.3 + 1.3) / 2, rtol=1e-6)
+    assert metrics["active_fraction"] == 1.0
+
+
+@SETTINGS
+@given(
+    batch=embedding_batches(),
+    strategy=st.sampled_from(STRATEGIES),
+    average=st.sampled_from(["valid", "active"]),
+    mode=st.sampled_from(["mining", "explicit"]),
+)
+def test_cosine_loss_is_invariant_to_rescaling_each_embedding(batch, strategy, average, mode):
+    embeddings, labels = batch
+    if mode == "explicit":
+        average = "valid"
+    cfg = config(mode=mode, metric="euclidean", mining=strategy, average=average, margin=0.4)
+    e32 = embeddings.astype(np.float32)
+    example = lossplug.properties.Example(
+        inputs={"y_true": labels},
+        outputs={
+            "embeddings": e32,
+            "anchor": e32,
+            "positive": e32[::-1].copy(),
+            "negative": np.roll(e32, 1, axis=0),
+        },
+        config=cfg,
+    )
+
+    def loss_fn(ex):
+        return np.asarray(run(ex.config, labels=ex.inputs["y_true"], **ex.outputs)[0])
+
+    check_cosine_scale_invariance(example, loss_fn)
+    # the check is not vacuous: the Euclidean loss does change under the same rescaling
+    if mode == "mining" and strategy == "batch_all" and average == "valid":
+        norms = np.linalg.norm(embeddings, axis=1)
+        assume(np.all(norms > 0.1) and len(set(labels.tolist())) > 1)
+        assume(any(labels[i] == labels[j] for i in range(len(labels)) for j in range(i)))
+        base = run(cfg, embeddings=e32, labels=labels)[0]
+        scaled = run(cfg, embeddings=e32 * 8.0, labels=labels)[0]
+        assume(base > 1e-3)
+        assert not np.isclose(base, scaled, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- explicit mode
+@SETTINGS
+@given(
+    triplets=hnp.arrays(
+        np.float32,
+        st.tuples(st.just(3), st.integers(1, 6), st.integers(1, 4)),
+        elements=st.floats(-10, 10, width=32),
+    ),
+    metric=st.sampled_from(METRICS),
+    margin=st.floats(0.0, 1.9),
+    weighted=st.booleans(),
+)
+def test_explicit_mode_is_the_mean_hinge_per_sample(triplets, metric, margin, weighted):
+    a, p, n = triplets
+    weights = np.linspace(0.0, 2.0, len(a)).astype(np.float32) if weighted else None
+    cfg = config(mode="explicit", metric=metric, margin=margin)
+    loss, metrics = run(cfg, anchor=a, positive=p, negative=n, sample_weight=weights)
+
+    def dist(u, v):
+        if metric == "cosine":
+            nu = np.sqrt(np.maximum((u.astype(np.float64) ** 2).sum(1), 1e-12))
+            nv = np.sqrt(np.maximum((v.astype(np.float64) ** 2).sum(1), 1e-12))
+            return np.clip(1 - (u * v).sum(1) / nu / nv, 0, 2)
+        sq = ((u.astype(np.float64) - v) ** 2).sum(1)
+        return sq if metric == "squared_euclidean" else np.sqrt(sq)
+
+    hinge = np.maximum(0.0, margin + dist(a, p) - dist(a, n))
+    w = np.ones(len(a)) if weights is None else weights
+    scale = 1.0 + (np.abs(triplets).max() ** 2 if metric == "squared_euclidean" else 10.0)
+    np.testing.assert_allclose(loss, np.sum(w * hinge) / len(a), rtol=1e-5, atol=1e-6 * scale)
+    per_sample = plugin.explicit_hinge(tf.constant(a), tf.constant(p), tf.constant(n), cfg)
+    np.testing.assert_allclose(per_sample.numpy(), hinge, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(
+        metrics["active_fraction"], np.mean(per_sample.numpy() > 0), atol=1e-7
+    )
+
+
+def test_cosine_is_the_similarity_form_of_the_margin_loss():
+    """With metric='cosine' the hinge is max(0, m + cos(a, n) - cos(a, p))."""
+    rng = np.random.default_rng(3)
+    a, p, n = (rng.normal(size=(16, 8)).astype(np.float32) for _ in range(3))
+    cos = lambda u, v: (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)  # noqa: E731
+    expected = np.maximum(0.0, 0.2 + cos(a, n) - cos(a, p))
+    got = plugin.explicit_hinge(
+        tf.constant(a),
+        tf.constant(p),
+        tf.constant(n),
+        config(mode="explicit", metric="cosine", margin=0.2),
+    )
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mining_sample_weights_weight_the_anchors():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(10, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 10).astype(np.int32)
+    weights = rng.uniform(0.0, 2.0, 10).astype(np.float32)
+    for strategy in STRATEGIES:
+        cfg = config(mining=strategy, margin=0.8)
+        unweighted = run(cfg, embeddings=embeddings, labels=labels)[0]
+        ones = run(cfg, embeddings=embeddings, labels=labels, sample_weight=np.ones(10, "float32"))
+        assert ones[0] == pytest.approx(unweighted, rel=1e-6)
+        got = run(cfg, embeddings=embeddings, labels=labels, sample_weight=weights[:, None])[0]
+        expected, _ = brute_force(
+            np_distances(embeddings, "euclidean"), labels, 0.8, strategy, weights=weights
+        )
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"mining": "hardest"}, "mining='hardest' is invalid"),
+        ({"metric": "manhattan"}, "metric='manhattan' is invalid"),
+        ({"mode": "pairs"}, "mode='pairs' is invalid"),
+        ({"margin": -0.1}, "margin=-0.1 is invalid"),
+        ({"margin": float("nan")}, "margin=nan is invalid"),
+        ({"margin": "1"}, "margin='1' is invalid"),
+        ({"metric": "cosine", "margin": 2.0}, "can never be met"),
+        ({"mode": "explicit", "average": "active"}, "applies to mode='mining' only"),
+        ({"alpha": 1.0}, "has no parameter 'alpha'"),
+    ],
+)
+def test_bad_configuration_is_rejected_with_the_field_and_rule(values, fragment):
+    with pytest.raises(lossplug.PluginConfigError, match="triplet") as info:
+        lossplug.use("triplet", **values)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "given_tensors", "missing"),
+    [
+        ({}, {"embeddings"}, "y_true"),
+        ({}, {"y_true"}, "embeddings"),
+        ({"mode": "explicit"}, {"anchor", "positive"}, "negative"),
+        ({"mode": "explicit"}, {"embeddings", "y_true"}, "anchor"),
+    ],
+)
+def test_missing_tensor_names_the_mode_and_the_tensor(values, given_tensors, missing):
+    rng = np.random.default_rng(0)
+    tensors = {name: rng.normal(size=(4, 2)).astype(np.float32) for name in given_tensors}
+    labels = np.array([0, 0, 1, 1], np.int32) if "y_true" in tensors else None
+    tensors.pop("y_true", None)
+    with pytest.raises(lossplug.MissingTensorError) as info:
+        run(config(**values), labels=labels, **tensors)
+    text = str(info.value)
+    assert repr(missing) in text and f"mode={config(**values).mode!r}" in text
+    assert "bind" in text
+
+
+@pytest.mark.parametrize(
+    ("values", "tensors", "fragment"),
+    [
+        ({}, {"embeddings": np.zeros((4, 2, 2)), "labels": np.arange(4)}, "embeddings of shape"),
+        ({}, {"embeddings": np.zeros((4, 2)), "labels": np.eye(4)}, "one-hot?"),
+        (
+            {"mode": "explicit"},
+            {"anchor": np.zeros(4), "positive": np.zeros(4), "negative": np.zeros(4)},
+            "anchor of shape (batch, dim)",
+        ),
+        (
+            {"mode": "explicit"},
+            {
+                "anchor": np.zeros((4, 2)),
+                "positive": np.zeros((4, 2)),
+                "negative": np.zeros((4, 3)),
+            },
+            "of one dimension, got 2, 2 and 3",
+        ),
+    ],
+)
+def test_tensors_of_the_wrong_shape_are_reported(values, tensors, fragment):
+    tensors = {k: v.astype(np.int32 if k == "labels" else np.float32) for k, v in tensors.items()}
+    with pytest.raises(plugin.TensorShapeError, match="triplet") as info:
+        run(config(**values), **tensors)
+    assert fragment in str(info.value)
+
+
+# ----------------------------------------------------------------------------- tf.distribute
+DISTRIBUTED = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import lossplug_triplet as plugin
+    from lossplug.extras import Extras, StateStore
+    from lossplug.terms import call_plugin, scale_for_distribution
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 3)).astype("float32")
+    lab = np.array([0, 0, 0, 1, 1, 1, 0, 1, 2, 2, 0, 2], "int32")  # replica 0 sees 0/1 only
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    out = {}
+    for global_batch in (False, True):
+        cfg = plugin.SPEC.make_config({"mining": "batch_all", "margin": 0.5})
+        extras = Extras(config=cfg, epoch=tf.constant(0, tf.int64), step=tf.constant(0, tf.int64),
+                        training=True, state=StateStore(plugin="triplet"),
+                        global_batch=global_batch)
+        e = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(emb[6 * ctx.replica_id_in_sync_group:][:6]))
+        y = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(lab[6 * ctx.replica_id_in_sync_group:][:6]))
+
+        @tf.function
+        def step(e, y):
+            def replica(e, y):
+                with tf.GradientTape() as tape:
+                    tape.watch(e)
+                    res = call_plugin(plugin.SPEC, plugin.build_loss_graph, {"y_true": y},
+                                      {"embeddings": e}, extras, term="triplet")
+                    scaled = scale_for_distribution(res.loss)
+                return res.loss, tape.gradient(scaled, e)
+            return strategy.run(replica, args=(e, y))
+
+        losses, grads = step(e, y)
+        out[global_batch] = (
+            [float(v) for v in strategy.experimental_local_results(losses)],
+            np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads)]),
+        )
+    np.savez(sys.argv[1], local=np.array(out[False][0]), gathered=np.array(out[True][0]),
+             local_grad=out[False][1], gathered_grad=out[True][1])
+    """
+)
+
+
+@pytest.mark.e2e  # starts a process: TensorFlow's devices must be configured before first use
+def test_global_batch_mining_gathers_every_replica(tmp_path):
+    script = tmp_path / "distributed.py"
+    script.write_text(DISTRIBUTED)
+    result_path = tmp_path / "out.npz"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(result_path)], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = np.load(result_path)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 3)).astype("float32")
+    lab = np.array([0, 0, 0, 1, 1, 1, 0, 1, 2, 2, 0, 2], "int32")
+    cfg = config(mining="batch_all", margin=0.5)
+    # without global_batch each replica mines its own half
+    halves = [run(cfg, embeddings=emb[i : i + 6], labels=lab[i : i + 6])[0] for i in (0, 6)]
+    np.testing.assert_allclose(result["local"], halves, rtol=1e-5)
+    # with it, both replicas compute the loss of the whole batch ...
+    x = tf.Variable(emb)
+    with tf.GradientTape() as tape:
+        full = plugin.triplet_loss({"y_true": tf.constant(lab)}, {"embeddings": x}, cfg).loss
+    np.testing.assert_allclose(result["gathered"], [float(full)] * 2, rtol=1e-5)
+    # ... and the gradients reaching each replica's slice are those of the global loss
+    np.testing.assert_allclose(
+        result["gathered_grad"], tape.gradient(full, x).numpy(), rtol=1e-4, atol=1e-6
+    )
+
+
+# ----------------------------------------------------------------------------- training
+def _digits():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return (x / 16.0).astype("float32"), y.astype("int32")
+
+
+def _distance_ratio(embeddings, labels):
+    """mean inter-class distance / mean intra-class distance."""
+    d = np_distances(embeddings, "euclidean")
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(len(labels), dtype=bool)
+    return d[~same].mean() / d[same & off].mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mining_on_digits_lowers_the_loss_and_separates_the_classes(strategy):
+    x, y = _digits()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(64, activation="relu")(inputs)
+    embeddings = keras.layers.Dense(16, name="embeddings")(hidden)
+    model = lossplug.LossModel(inputs, embeddings)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=lossplug.use("triplet", mining=strategy, margin=1.0),
+    )
+    before = _distance_ratio(model.predict(x, verbose=0), y)
+    history = model.fit(x, y, epochs=4, batch_size=128, verbose=0)
+    after = _distance_ratio(model.predict(x, verbose=0), y)
+    losses = history.history["triplet"]
+    # the hardest triplet of a batch of 128 stays violated far longer than the average one
+    assert losses[-1] < (0.85 if strategy == "batch_hard" else 0.7) * losses[0], losses
+    assert "triplet_active_fraction" in history.history
+    assert after > 1.2 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_explicit_mode_trains_a_question_and_an_answer_encoder():
+    x, y = _digits()
+    rng = np.random.default_rng(0)
+    anchors = rng.integers(0, len(y), 1200)
+    right = np.array([rng.choice(np.flatnonzero(y == y[i])) for i in anchors])
+    wrong = np.array([rng.choice(np.flatnonzero(y != y[i])) for i in anchors])
+    data = [x[anchors], x[right], x[wrong]]
+    keras.utils.set_random_seed(0)
+    question = keras.Input((64,), name="question")
+    answer_right = keras.Input((64,), name="right")
+    answer_wrong = keras.Input((64,), name="wrong")
+    question_encoder = keras.layers.Dense(16, name="question_encoder")
+    answer_encoder = keras.layers.Dense(16, name="answer_encoder")  # shared by both answers
+    outputs = [
+        keras.layers.Identity(name="anchor")(question_encoder(question)),
+        keras.layers.Identity(name="positive")(answer_encoder(answer_right)),
+        keras.layers.Identity(name="negative")(answer_encoder(answer_wrong)),
+    ]
+    model = lossplug.LossModel([question, answer_right, answer_wrong], outputs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=lossplug.use("triplet", mode="explicit", metric="cosine", margin=0.3),
+    )
+
+    def ranked_right():
+        a, p, n = model.predict(data, verbose=0)
+        cos = lambda u, v: (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)  # noqa: E731
+        return float(np.mean(cos(a, p) > cos(a, n)))
+
+    before = ranked_right()
+    history = model.fit(data, epochs=4, batch_size=64, verbose=0)
+    losses = history.history["triplet"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert ranked_right() > max(0.9, before + 0.2)
+
+
+def test_config_round_trips_through_the_spec():
+    cfg = config(mode="mining", mining="semi_hard", metric="cosine", margin=0.2, average="active")
+    assert plugin.SPEC.make_config(attrs.asdict(cfg)) == cfg
+
+
+test_conformance = conformance_tests("triplet")
