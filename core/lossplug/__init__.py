@@ -18,6 +18,7 @@ from .errors import (
     APIVersionError,
     CompileError,
     InvalidSpecError,
+    InvalidTensorError,
     LossplugError,
     MissingTensorError,
     NonFiniteLossError,
@@ -49,6 +50,7 @@ _LAZY = {
     "StateStore": ("lossplug.extras", "StateStore"),
     "schedules": ("lossplug.schedules", None),
     "testing": ("lossplug.testing", None),
+    "numerics": ("lossplug.numerics", None),
 }
 
 
@@ -106,6 +108,7 @@ __all__ = [
     "CompileError",
     "Extras",
     "InvalidSpecError",
+    "InvalidTensorError",
     "Kind",
     "LossModel",
     "LossResult",

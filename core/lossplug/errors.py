@@ -46,6 +46,10 @@ class MissingTensorError(LossplugError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class InvalidTensorError(LossplugError, ValueError):
+    """A tensor given to a plugin has the wrong rank, shape or values for its kind."""
+
+
 class PluginResultError(LossplugError, ValueError):
     """A plugin returned a value of the wrong type, shape or dtype."""
 

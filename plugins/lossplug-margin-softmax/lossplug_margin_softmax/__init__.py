@@ -44,7 +44,6 @@ from .margins import (
 
 __all__ = [
     "Config",
-    "TensorShapeError",
     "build_loss_graph",
     "lossplug_spec",
     "margin_softmax_loss",
@@ -52,10 +51,6 @@ __all__ = [
 ]
 
 WEIGHTS = "class_weights"
-
-
-class TensorShapeError(lossplug.LossplugError, ValueError):
-    """A tensor ``margin_softmax`` reads has a shape it cannot use."""
 
 
 @attrs.frozen
@@ -253,12 +248,12 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
     features = outputs["features"]
     labels = inputs["y_true"]
     if len(features.shape) != 2 or features.shape[-1] is None:
-        raise TensorShapeError(
+        raise lossplug.InvalidTensorError(
             f"loss plugin 'margin_softmax' needs features of shape (batch, dim) with a known dim, "
             f"got shape {tuple(features.shape)}; flatten or pool them, or bind another layer"
         )
     if len(labels.shape) == 2 and labels.shape[-1] not in (1, None):
-        raise TensorShapeError(
+        raise lossplug.InvalidTensorError(
             f"loss plugin 'margin_softmax' needs sparse integer labels of shape (batch,), got "
             f"shape {tuple(labels.shape)} (one-hot?); pass class ids (e.g. argmax of one-hot)"
         )

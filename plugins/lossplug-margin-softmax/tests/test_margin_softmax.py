@@ -367,7 +367,7 @@ def test_labels_outside_the_classes_are_reported():
     ],
 )
 def test_wrong_tensor_shapes_are_reported(labels, features, fragment):
-    with pytest.raises(plugin.TensorShapeError, match="margin_softmax") as info:
+    with pytest.raises(lossplug.InvalidTensorError, match="margin_softmax") as info:
         run(labels, features, num_classes=3)
     assert fragment in str(info.value)
 

@@ -50,7 +50,6 @@ from .mining import AVERAGES, STRATEGIES
 
 __all__ = [
     "Config",
-    "TensorShapeError",
     "build_loss_graph",
     "explicit_hinge",
     "lossplug_spec",
@@ -180,13 +179,9 @@ def lossplug_spec() -> PluginSpec:
     return SPEC
 
 
-class TensorShapeError(lossplug.LossplugError, ValueError):
-    """A tensor ``triplet`` reads has a shape it cannot use."""
-
-
 def _check_matrix(value: Any, name: str, mode: str) -> None:
     if len(value.shape) != 2:
-        raise TensorShapeError(
+        raise lossplug.InvalidTensorError(
             f"loss plugin 'triplet' (mode={mode!r}) needs {name} of shape (batch, dim), got "
             f"shape {tuple(value.shape)}; flatten or pool them first, or bind another layer"
         )
@@ -240,7 +235,7 @@ def triplet_loss(
         for name, value in zip(EXPLICIT_TENSORS, (anchor, pos, neg), strict=True):
             _check_matrix(value, name, "explicit")
         if not (anchor.shape[-1] == pos.shape[-1] == neg.shape[-1]):
-            raise TensorShapeError(
+            raise lossplug.InvalidTensorError(
                 "loss plugin 'triplet' (mode='explicit') needs anchor, positive and negative "
                 f"of one dimension, got {anchor.shape[-1]}, {pos.shape[-1]} and {neg.shape[-1]}"
             )
@@ -255,7 +250,7 @@ def triplet_loss(
     labels = _require(inputs, "y_true", "inputs", config, MINING_TENSORS)
     _check_matrix(embeddings, "embeddings", "mining")
     if len(labels.shape) > 2 or (len(labels.shape) == 2 and labels.shape[-1] not in (1, None)):
-        raise TensorShapeError(
+        raise lossplug.InvalidTensorError(
             "loss plugin 'triplet' (mode='mining') needs integer labels of shape (batch,), got "
             f"shape {tuple(labels.shape)} (one-hot?); pass class ids (e.g. argmax of one-hot)"
         )

@@ -562,7 +562,7 @@ def test_missing_tensor_names_the_mode_and_the_tensor(values, given_tensors, mis
 )
 def test_tensors_of_the_wrong_shape_are_reported(values, tensors, fragment):
     tensors = {k: v.astype(np.int32 if k == "labels" else np.float32) for k, v in tensors.items()}
-    with pytest.raises(plugin.TensorShapeError, match="triplet") as info:
+    with pytest.raises(lossplug.InvalidTensorError, match="triplet") as info:
         run(config(**values), **tensors)
     assert fragment in str(info.value)
 
