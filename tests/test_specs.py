@@ -105,3 +105,14 @@ def test_schedules_validate_and_compute():
         schedules.Step([1], [1.0])
     with pytest.raises(lossplug.PluginConfigError, match="must be finite"):
         schedules.as_schedule(float("inf"))
+
+
+def test_tuple_fields_round_trip_through_json_lists():
+    @attrs.frozen
+    class WithTuple:
+        sizes: tuple = param((1, 2), doc="sizes")
+
+    s = spec(config=WithTuple)
+    assert make_config(s, {"sizes": [3, 4]}) == WithTuple(sizes=(3, 4))
+    with pytest.raises(lossplug.PluginConfigError, match="must be tuple, got str"):
+        make_config(s, {"sizes": "34"})

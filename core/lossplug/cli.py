@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="+", help="plugin name(s); 'all' checks every installed plugin")
     p.add_argument("--profile", choices=("quick", "thorough"), default="quick")
     p.add_argument("--seed", type=int, default=None, help="Hypothesis seed, to reproduce a run")
+    p.add_argument(
+        "--check",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="run only this check (repeatable), e.g. --check non_negative",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("new", help="scaffold a new loss plugin distribution")

@@ -368,8 +368,12 @@ def make_config(spec: PluginSpec, values: Mapping[str, Any]) -> Any:
         raise PluginConfigError(
             f"plugin {spec.name!r} has no parameter {unknown[0]!r}; its parameters are: {known}"
         )
+    values = dict(values)
     for key, value in values.items():
         field = fields[key]
+        if isinstance(value, list) and isinstance(field.default, tuple):
+            # JSON (saved models, Term configs) has no tuples: restore them.
+            value = values[key] = tuple(value)
         if field.validator is None:
             continue
         try:

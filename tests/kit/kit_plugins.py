@@ -17,8 +17,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-
-import lossplug
 from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec, hookimpl, param
 from lossplug.properties import (
     Bounded,
@@ -148,8 +146,11 @@ class Focal(Plugin):
             ZeroAtPerfect(perfect=confident_logits, description="logits +1e4 on the true class"),
             ReducesTo("sparse categorical cross-entropy", reference=numpy_ce, at={"gamma": 0.0}),
             Monotone("gamma", values=(0.0, 0.5, 1.0, 2.0, 5.0)),
-            Custom("true logit helps", check=true_logit_helps,
-                   description="raising the true-class logit never increases the loss"),
+            Custom(
+                "true logit helps",
+                check=true_logit_helps,
+                description="raising the true-class logit never increases the loss",
+            ),
         )
 
     def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
@@ -173,8 +174,9 @@ class Center(Plugin):
     def tensors(self) -> tuple[TensorSpec, ...]:
         return (
             TensorSpec("features", Kind.EMBEDDINGS, shape=("B", "D")),
-            TensorSpec("y_true", Kind.SPARSE_LABELS, source="inputs", shape=("B",),
-                       classes="num_classes"),
+            TensorSpec(
+                "y_true", Kind.SPARSE_LABELS, source="inputs", shape=("B",), classes="num_classes"
+            ),
         )
 
     def default_properties(self) -> tuple:
@@ -183,8 +185,12 @@ class Center(Plugin):
             y = np.asarray(example.inputs["y_true"]).astype(int)
             return example.with_tensor("features", centres[y])
 
-        return (NonNegative(), ZeroAtPerfect(perfect=on_centres, atol=1e-5,
-                                             description="features on their class centres"))
+        return (
+            NonNegative(),
+            ZeroAtPerfect(
+                perfect=on_centres, atol=1e-5, description="features on their class centres"
+            ),
+        )
 
     def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
         x = outputs["features"]
@@ -226,8 +232,11 @@ class Cosine(Plugin):
             Bounded(0.0, 2.0),
             Symmetric("a", "b"),
             ScaleInvariant("a"),
-            ZeroAtPerfect(perfect=lambda ex: ex.with_tensor("b", ex.outputs["a"]), atol=1e-5,
-                          description="b == a"),
+            ZeroAtPerfect(
+                perfect=lambda ex: ex.with_tensor("b", ex.outputs["a"]),
+                atol=1e-5,
+                description="b == a",
+            ),
         )
 
     def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
@@ -252,8 +261,9 @@ class Accuracy(Plugin):
 
     def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
         predicted = ops.argmax(outputs["y_pred"], axis=-1)
-        hits = ops.cast(ops.equal(ops.cast(predicted, "int32"), ops.cast(inputs["y_true"], "int32")),
-                        "float32")
+        hits = ops.cast(
+            ops.equal(ops.cast(predicted, "int32"), ops.cast(inputs["y_true"], "int32")), "float32"
+        )
         return LossResult(loss=None, metrics={"accuracy": ops.mean(hits)})
 
 
@@ -447,12 +457,12 @@ class AngleMarginCE(CrossEntropy):
 
 @attrs.frozen
 class WeightsConfig:
-    # Bug: a tuple-only field; the saved config (JSON) holds a list, which it then rejects.
-    class_weights: tuple = param((1.0, 1.0), kind=tuple, doc="per-class weights")
+    # Bug: a set-valued field; JSON has no sets, so a saved config cannot be written or read.
+    class_weights: frozenset = param(frozenset({1.0, 2.0}), kind=frozenset, doc="weights")
 
 
 class TupleConfigCE(CrossEntropy):
-    """Bug: a Config field that only accepts tuples, so a saved (JSON) config does not load."""
+    """Bug: a Config field holding a frozenset, which a saved (JSON) config cannot hold."""
 
     name = "kit_bad_config_tuple"
     Config = WeightsConfig
@@ -498,18 +508,39 @@ MUTANTS: list[tuple[Callable[[], Plugin], str, tuple[str, ...]]] = [
     (SameClassSpread, "degenerate_batch", ("degenerate", "not finite")),
     (GraphBreakingCE, "compiled", ("tf.function",)),
     (lambda: Cosine("kit_bad_bounded", (Bounded(0.0, 1.0),)), "bounded", ("outside",)),
-    (lambda: Focal("kit_bad_zero", (ZeroAtPerfect(perfect=_not_perfect,
-                                                  description="all-zero logits"),)),
-     "zero_at_perfect", ("all-zero logits",)),
-    (lambda: Focal("kit_bad_reduces", (ReducesTo("2 x cross-entropy", reference=_doubled_ce,
-                                                  at={"gamma": 0.0}),)),
-     "reduces_to", ("2 x cross-entropy",)),
-    (lambda: AsymmetricCosine("kit_bad_symmetric", (Symmetric("a", "b"),)), "symmetric",
-     ("swapping",)),
-    (lambda: AsymmetricCosine("kit_bad_scale", (ScaleInvariant("a"),)), "scale_invariant",
-     ("scaling 'a'",)),
-    (lambda: Focal("kit_bad_monotone", (Monotone("gamma", (0.0, 1.0, 2.0), increasing=True),)),
-     "monotone", ("non-decreasing in gamma",)),
-    (lambda: Focal("kit_bad_custom", (Custom("small loss", check=_small_loss),)),
-     "custom_small_loss", ("not below 0.5",)),
+    (
+        lambda: Focal(
+            "kit_bad_zero", (ZeroAtPerfect(perfect=_not_perfect, description="all-zero logits"),)
+        ),
+        "zero_at_perfect",
+        ("all-zero logits",),
+    ),
+    (
+        lambda: Focal(
+            "kit_bad_reduces",
+            (ReducesTo("2 x cross-entropy", reference=_doubled_ce, at={"gamma": 0.0}),),
+        ),
+        "reduces_to",
+        ("2 x cross-entropy",),
+    ),
+    (
+        lambda: AsymmetricCosine("kit_bad_symmetric", (Symmetric("a", "b"),)),
+        "symmetric",
+        ("swapping",),
+    ),
+    (
+        lambda: AsymmetricCosine("kit_bad_scale", (ScaleInvariant("a"),)),
+        "scale_invariant",
+        ("scaling 'a'",),
+    ),
+    (
+        lambda: Focal("kit_bad_monotone", (Monotone("gamma", (0.0, 1.0, 2.0), increasing=True),)),
+        "monotone",
+        ("non-decreasing in gamma",),
+    ),
+    (
+        lambda: Focal("kit_bad_custom", (Custom("small loss", check=_small_loss),)),
+        "custom_small_loss",
+        ("not below 0.5",),
+    ),
 ]

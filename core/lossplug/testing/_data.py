@@ -104,7 +104,7 @@ def np_dtype(dtype: Any) -> np.dtype:
 
 
 def cast_floats(example: Example, dtype: Any) -> Example:
-    """A copy of ``example`` with every floating-point tensor (and state value) cast to ``dtype``."""
+    """A copy of ``example`` with every floating-point tensor cast to ``dtype``."""
     target = np_dtype(dtype)
 
     def cast(mapping: Any) -> dict[str, Any]:
@@ -155,4 +155,25 @@ def max_abs(example: Example) -> float:
                 arr = np.asarray(value, dtype=np.float64)
                 if arr.size:
                     largest = max(largest, float(np.max(np.abs(arr))))
+    return largest
+
+
+def magnitude(spec: PluginSpec, example: Example) -> float:
+    """The size of the intermediate values a plugin is likely to compute from ``example``.
+
+    ``max|x|`` over the floating-point tensors, and for embeddings and real values
+    also the largest squared row norm (distances and squared errors). Rounding
+    tolerances scale with it: a float32 distance of 400 is only good to ~5e-5.
+    """
+    largest = max_abs(example)
+    for tensor in present(spec, example):
+        if tensor.kind not in (Kind.EMBEDDINGS, Kind.REAL, Kind.ANY):
+            continue
+        value = np.asarray(mapping_of(example, tensor)[tensor.name])
+        if not is_float(value) or value.size == 0:
+            continue
+        value = value.astype(np.float64)
+        squares = np.square(value)
+        rows = squares.sum(axis=-1) if value.ndim >= 2 else squares
+        largest = max(largest, float(np.max(rows)))
     return largest

@@ -40,13 +40,14 @@ from ._data import (
     cast_floats,
     float_tensors,
     is_float,
-    max_abs,
+    magnitude,
     take,
 )
 from .harness import Outcome, PluginHarness
 from .report import KitFailure
 
 LOW_PRECISION = ("float16", "bfloat16", "float32")
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 @attrs.define
@@ -79,7 +80,9 @@ class Context:
             if dtype is None:
                 return self.example_strategy
             return self.example_strategy.map(lambda ex: cast_floats(ex, dtype))
-        config_strategy = kwargs.pop("config_strategy", None) or self.configs()
+        config_strategy = kwargs.pop("config_strategy", None)
+        if config_strategy is None:
+            config_strategy = self.configs()
         return kst.examples(self.spec, config_strategy, **kwargs)
 
     def prepare(self, example: Example) -> Example:
@@ -99,6 +102,7 @@ class Check:
     body: Callable[[Context, Any], None]
     budget: float = 1.0  #: fraction of the profile's max_examples
     cap: int | None = None  #: at most this many examples
+    shrink: bool = True  #: let Hypothesis shrink a failure (off where one example costs seconds)
     claim: Property | None = None
 
     def max_examples(self, base: int) -> int:
@@ -121,6 +125,23 @@ def config_values(config: Any) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in attrs.fields(type(config)) if f.init}
 
 
+def num(value: Any) -> str:
+    """A number for a report: ints as ints, floats with 7 significant digits."""
+    arr = np.asarray(value)
+    if arr.ndim:
+        return nums(arr)
+    if arr.dtype.kind in "iub":
+        return str(int(arr))
+    return format(float(arr), ".7g")
+
+
+def nums(values: Any, limit: int = 8) -> str:
+    """A short list of numbers: ``[0.5, 1, nan, ...]``."""
+    flat = np.asarray(values).reshape(-1)
+    text = ", ".join(num(v) for v in flat[:limit])
+    return "[" + text + (", ..." if flat.size > limit else "") + "]"
+
+
 def _index_text(index: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(i) for i in index) + "]" if index else ""
 
@@ -130,7 +151,10 @@ def offending(label: str, values: np.ndarray, mask: np.ndarray, limit: int = 3) 
     values = np.asarray(values)
     mask = np.broadcast_to(np.asarray(mask), values.shape)
     where = list(zip(*np.nonzero(mask), strict=False)) if values.ndim else ([()] if mask else [])
-    parts = [f"{label}{_index_text(tuple(int(i) for i in idx))} = {values[idx]!r}" for idx in where[:limit]]
+    parts = [
+        f"{label}{_index_text(tuple(int(i) for i in idx))} = {num(values[idx])}"
+        for idx in where[:limit]
+    ]
     text = ", ".join(parts)
     if len(where) > limit or values.size > 1:
         text += f" ({len(where)} of {values.size} values)"
@@ -167,7 +191,9 @@ def _close(a: Any, b: Any, rtol: float, atol: float) -> np.ndarray:
 def _stable_rng(*arrays: Any) -> np.random.Generator:
     digest = 0
     for arr in arrays:
-        digest = zlib.crc32(np.ascontiguousarray(np.asarray(arr, dtype=np.float64)).tobytes(), digest)
+        digest = zlib.crc32(
+            np.ascontiguousarray(np.asarray(arr, dtype=np.float64)).tobytes(), digest
+        )
     return np.random.default_rng(digest)
 
 
@@ -248,7 +274,7 @@ def _dtypes(ctx: Context, example: Example) -> None:
     example = ctx.prepare(example)
     reference64 = ctx.evaluate(example)
     assert_finite(reference64, " with float64 inputs")
-    scale = max_abs(example)
+    scale = magnitude(ctx.spec, example)
     for dtype in LOW_PRECISION:
         low = cast_floats(example, dtype)
         rounded = cast_floats(low, "float64")  # the same values, exactly
@@ -259,17 +285,19 @@ def _dtypes(ctx: Context, example: Example) -> None:
             raise KitFailure(
                 f"with {dtype} inputs the plugin raised {type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                example=low, call={"dtype": dtype},
+                example=low,
+                call={"dtype": dtype},
             ) from exc
         for label, value in got.values().items():
             ok = _finite_mask(value)
             if not np.all(ok):
                 raise KitFailure(
                     f"with {dtype} inputs {offending(label, value, ~ok)} is not finite, while the "
-                    f"same values in float64 give {label} = {reference.values()[label]!r} "
+                    f"same values in float64 give {label} = {nums(reference.values()[label])} "
                     "(overflow or underflow in low precision? compute in float32: "
                     "keras.ops.cast(x, 'float32'))",
-                    example=low, call={"dtype": dtype},
+                    example=low,
+                    call={"dtype": dtype},
                 )
         if got.loss is None:
             continue
@@ -280,10 +308,11 @@ def _dtypes(ctx: Context, example: Example) -> None:
         if np.any(bad):
             raise KitFailure(
                 f"with {dtype} inputs the loss differs from the float64 result on the same values "
-                f"by more than 8 * eps({dtype}) * (1 + |loss| + max|input|): "
+                f"by more than 8 * eps({dtype}) * (1 + |loss| + size of the inputs): "
                 f"{offending('loss', got.loss, bad)} vs float64 "
                 f"{offending('loss', ref, bad)}",
-                example=low, call={"dtype": dtype},
+                example=low,
+                call={"dtype": dtype},
             )
 
 
@@ -296,6 +325,8 @@ def _compiled(ctx: Context, example: Example) -> None:
     example = ctx.prepare(example)
     eager = ctx.evaluate(example)
     expected = eager.values()
+    rounding_of = {"function": 8 * EPS32, "jit": 32 * EPS32}
+    size = magnitude(ctx.spec, example)
     for mode in ("function", "jit"):
         try:
             got = ctx.evaluate(example, mode=mode)
@@ -312,6 +343,7 @@ def _compiled(ctx: Context, example: Example) -> None:
                 f"{sorted(expected)}"
             )
         rtol, atol = _MODE_TOL[mode]
+        rounding = rounding_of[mode] * size
         for label, value in expected.items():
             other = values[label]
             if np.shape(other) != np.shape(value):
@@ -320,7 +352,7 @@ def _compiled(ctx: Context, example: Example) -> None:
                     f"{np.shape(value)}"
                 )
             scale = float(np.max(np.abs(value))) if np.size(value) else 0.0
-            ok = _close(other, value, rtol, atol * (1 + scale))
+            ok = _close(other, value, rtol, atol * (1 + scale) + rounding)
             if not np.all(ok):
                 raise KitFailure(
                     f"eager and {_MODE_TEXT[mode]} disagree: eagerly "
@@ -339,13 +371,14 @@ def _batch_order(ctx: Context, example: Example) -> None:
     assume(n >= 2)
     example = ctx.prepare(example)
     base = ctx.evaluate(example)
+    rounding = 8 * EPS32 * magnitude(ctx.spec, example)
     for perm in _permutations(n):
         got = ctx.evaluate(take(ctx.spec, example, perm))
         for label, value in base.values().items():
             expected = value[perm] if (label == "loss" and base.per_sample) else value
             other = got.values()[label]
             scale = float(np.max(np.abs(value))) if np.size(value) else 0.0
-            ok = _close(other, expected, 1e-5, 1e-6 * (1 + scale))
+            ok = _close(other, expected, 1e-5, 1e-6 * (1 + scale) + rounding)
             if not np.all(ok):
                 what = (
                     "the per-sample losses are not permuted with the batch"
@@ -363,18 +396,19 @@ def _independence(ctx: Context, example: Example) -> None:
     assume(n >= 2)
     example = ctx.prepare(example)
     base = ctx.evaluate(example).loss
+    rounding = 8 * EPS32 * magnitude(ctx.spec, example)
     k = n // 2
     for part in (np.arange(k), np.arange(k, n)):
         alone = ctx.evaluate(take(ctx.spec, example, part)).loss
         expected = base[part]
         scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-        ok = _close(alone, expected, 1e-5, 1e-6 * (1 + scale))
+        ok = _close(alone, expected, 1e-5, 1e-6 * (1 + scale) + rounding)
         if not np.all(ok):
             first = int(np.nonzero(np.reshape(~ok, (len(part), -1)).any(axis=1))[0][0])
             raise KitFailure(
                 f"sample {int(part[first])}'s loss depends on the other samples of the batch: "
-                f"{np.asarray(expected[first]).tolist()!r} in the batch of {n}, "
-                f"{np.asarray(alone[first]).tolist()!r} in a batch of samples "
+                f"{nums(expected[first])} in the batch of {n}, "
+                f"{nums(alone[first])} in a batch of samples "
                 f"{part.tolist()} only. Declare batch_coupled=True if that is intended."
             )
 
@@ -403,7 +437,7 @@ def _reduction(ctx: Context, example: Example) -> None:
     if loss.ndim == 0:
         raise KitFailure(
             "the spec declares returns='per_sample' but the plugin returned a scalar "
-            f"({loss.tolist()!r}) for a batch of {n}: the core cannot apply sample weights to it. "
+            f"({num(loss)}) for a batch of {n}: the core cannot apply sample weights to it. "
             "Return one value per sample (shape (batch,) or (batch, ...)), or declare "
             "returns='scalar' and batch_coupled=True"
         )
@@ -411,10 +445,12 @@ def _reduction(ctx: Context, example: Example) -> None:
     core = float(np.asarray(reduce_per_sample(loss, weights)))
     w = np.reshape(weights.astype(np.float64), (n,) + (1,) * (loss.ndim - 1))
     numpy_ref = float(np.sum(w * loss.astype(np.float64)) / loss.size)
-    if not _close(core, numpy_ref, 1e-5, 1e-6 * (1 + abs(numpy_ref))):
+    largest = float(np.max(np.abs(loss))) if loss.size else 0.0
+    if not _close(core, numpy_ref, 1e-5, 1e-6 * (1 + largest)):
         raise KitFailure(
-            f"lossplug.terms.reduce_per_sample(loss, sample_weight={weights.tolist()}) = {core!r}, "
-            f"but sum(w * loss) / loss.size = {numpy_ref!r} (a bug in the core's reduction)"
+            f"lossplug.terms.reduce_per_sample(loss, sample_weight={weights.tolist()}) = "
+            f"{num(core)}, "
+            f"but sum(w * loss) / loss.size = {num(numpy_ref)} (a bug in the core's reduction)"
         )
     if spec.batch_coupled or n < 2:
         return
@@ -422,12 +458,13 @@ def _reduction(ctx: Context, example: Example) -> None:
         [ctx.evaluate(take(spec, example, [i])).loss.astype(np.float64) for i in range(n)]
     )
     reference = float(np.sum(w * singles) / singles.size)
-    if not _close(core, reference, 1e-5, 1e-6 * (1 + float(np.max(np.abs(singles))))):
+    rounding = 8 * EPS32 * magnitude(spec, example)
+    if not _close(core, reference, 1e-5, 1e-6 * (1 + float(np.max(np.abs(singles)))) + rounding):
         raise KitFailure(
-            f"the weighted mean of the batch's per-sample losses is {core!r}, but the same "
-            f"weighted mean of each sample's loss computed alone is {reference!r} "
+            f"the weighted mean of the batch's per-sample losses is {num(core)}, but the same "
+            f"weighted mean of each sample's loss computed alone is {num(reference)} "
             f"(sample_weight={weights.tolist()}; per-sample losses in the batch "
-            f"{loss.tolist()!r}, alone {singles.tolist()!r}). The plugin reduces (or rescales) "
+            f"{nums(loss)}, alone {nums(singles)}). The plugin reduces (or rescales) "
             "over the batch itself; return unreduced per-sample values and let the core reduce"
         )
 
@@ -440,6 +477,35 @@ def _fd_settings(dtype: str) -> tuple[float, float, float]:
     return eps ** (1 / 3), 2e-2, 1e-5
 
 
+#: Kinds whose values live in [0, 1]: finite differences must not step outside.
+_UNIT_KINDS = (Kind.PROBABILITIES, Kind.IMAGES, Kind.MASKS)
+_BOUNDARY = 1e-3
+
+
+def _direction(tensor: Any, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random unit direction for ``x``, tangent to the simplex and away from [0, 1]'s ends."""
+    direction = rng.standard_normal(x.shape)
+    if tensor.kind in _UNIT_KINDS:
+        free = np.minimum(x, 1.0 - x) > _BOUNDARY
+        direction *= free
+        if tensor.kind == Kind.PROBABILITIES and x.ndim >= 2:
+            count = np.maximum(free.sum(axis=-1, keepdims=True), 1)
+            direction -= direction.sum(axis=-1, keepdims=True) / count  # stay on the simplex
+            direction *= free
+    norm = np.linalg.norm(direction)
+    return direction / norm if norm > 0 else direction
+
+
+def _step(tensor: Any, x: np.ndarray, direction: np.ndarray, base: float) -> float:
+    h = base * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
+    if tensor.kind in _UNIT_KINDS:
+        moving = direction != 0
+        if np.any(moving):
+            room = np.minimum(x, 1.0 - x)[moving] / np.abs(direction[moving])
+            h = min(h, 0.5 * float(np.min(room)))
+    return h
+
+
 def _gradient_fd(ctx: Context, example: Example) -> None:
     spec = ctx.spec
     example = ctx.prepare(cast_floats(example, "float64"))
@@ -448,48 +514,49 @@ def _gradient_fd(ctx: Context, example: Example) -> None:
     names = [t.name for t in tensors]
     value, dtype, grads = ctx.harness.raw(example, names)
     assume(np.isfinite(value))
-    step, rtol, atol = _fd_settings(dtype)
+    base, rtol, atol = _fd_settings(dtype)
     rng = _stable_rng(*[example.tensor(n) for n in names])
+    roundoff = float(np.finfo(np.float64 if dtype == "float64" else np.float32).eps)
     for tensor in tensors:
         name = tensor.name
         x = np.asarray(example.tensor(name), dtype=np.float64)
         grad = grads[name]
         grad = np.zeros_like(x) if grad is None else np.asarray(grad, dtype=np.float64)
-        direction = rng.standard_normal(x.shape)
-        if tensor.kind == Kind.PROBABILITIES and x.ndim >= 2:
-            direction -= direction.mean(axis=-1, keepdims=True)  # stay on the simplex
-        norm = np.linalg.norm(direction)
-        if norm == 0:
+        direction = _direction(tensor, x, rng)
+        if not np.any(direction):
             continue
-        direction /= norm
-        h = step * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
+        h = _step(tensor, x, direction, base)
 
-        def f(delta: float, x: np.ndarray = x, name: str = name) -> float:
+        def f(delta: Any, x: np.ndarray = x, name: str = name) -> float:
             return ctx.harness.raw(example.with_tensor(name, x + delta), ())[0]
 
         plus, minus = f(h * direction), f(-h * direction)
         central = (plus - minus) / (2 * h)
+        half = (f(0.5 * h * direction) - f(-0.5 * h * direction)) / h
         forward, backward = (plus - value) / h, (value - minus) / h
         analytic = float(np.sum(grad * direction))
         gnorm = float(np.linalg.norm(grad))
-        tol = rtol * (gnorm + abs(central)) + 10 * np.finfo(np.float64).eps * abs(value) / h + atol
-        if dtype != "float64":
-            tol += 10 * float(np.finfo(np.float32).eps) * abs(value) / h
+        tol = rtol * (gnorm + abs(central)) + 20 * roundoff * abs(value) / h + atol
         if not np.isfinite(central) or abs(forward - backward) > 2 * tol:
             continue  # not differentiable here (a kink, a clip): finite differences say nothing
+        if abs(central - half) > tol:
+            continue  # the step does not resolve the curvature here (near a singularity)
         if abs(central - analytic) > tol:
             detail = (
                 f"the gradient of sum(loss) with respect to outputs[{name!r}] disagrees with "
                 f"central finite differences in {dtype}: along a random unit direction the "
-                f"autodiff derivative is {analytic!r}, finite differences (h={h:.3g}) give "
-                f"{central!r} (|difference| {abs(central - analytic):.3g} > tolerance {tol:.3g})"
+                f"autodiff derivative is {num(analytic)}, finite differences (h={h:.3g}) give "
+                f"{num(central)} (|difference| {abs(central - analytic):.3g} > tolerance {tol:.3g})"
             )
             if x.size <= 16:
-                numeric = np.zeros_like(x)
+                numeric = np.full_like(x, np.nan)
                 for idx in np.ndindex(x.shape):
                     e = np.zeros_like(x)
-                    e[idx] = h
-                    numeric[idx] = (f(e) - f(-e)) / (2 * h)
+                    e[idx] = 1.0
+                    if tensor.kind in _UNIT_KINDS and not direction[idx]:
+                        continue
+                    hi = _step(tensor, x, e, base)
+                    numeric[idx] = (f(hi * e) - f(-hi * e)) / (2 * hi)
                 detail += (
                     f"; autodiff gradient {np.round(grad, 6).tolist()}, finite-difference "
                     f"gradient {np.round(numeric, 6).tolist()}. A tf.custom_gradient or a "
@@ -620,11 +687,13 @@ def _zero_at_perfect(claim: ZeroAtPerfect) -> Callable[[Context, Example], None]
                     )
             return
         others = [("the generated prediction", example)]
-        rng = _stable_rng(*[np.asarray(v, dtype=np.float64) for v in perfect.outputs.values()
-                            if is_float(v)])
+        rng = _stable_rng(
+            *[np.asarray(v, dtype=np.float64) for v in perfect.outputs.values() if is_float(v)]
+        )
         nudged_outputs = {
             k: (np.asarray(v) + 0.1 * rng.standard_normal(np.shape(v))).astype(np.asarray(v).dtype)
-            if is_float(v) else v
+            if is_float(v)
+            else v
             for k, v in perfect.outputs.items()
         }
         others.append(("a perturbed perfect prediction", perfect.replace(outputs=nudged_outputs)))
@@ -706,7 +775,7 @@ def _scale_invariant(claim: ScaleInvariant) -> Callable[[Context, Any], None]:
             ok = _close(v2, v1, claim.rtol, claim.atol)
             if not np.all(ok):
                 raise KitFailure(
-                    f"scaling {claim.tensor!r} by {factor!r} changes the result: "
+                    f"scaling {claim.tensor!r} by {num(factor)} changes the result: "
                     f"{offending(label, v1, ~ok)} before, {offending(label, v2, ~ok)} after "
                     f"(rtol {claim.rtol}, atol {claim.atol})",
                     example=example,
@@ -726,7 +795,8 @@ def _monotone(claim: Monotone) -> Callable[[Context, Example], None]:
                 config = make_config(spec, values)
             except LossplugError as exc:
                 raise KitFailure(
-                    f"the claim compares {claim.parameter}={value!r}, which the Config rejects: {exc}"
+                    f"the claim compares {claim.parameter}={value!r}, which the Config "
+                    f"rejects: {exc}"
                 ) from exc
             at = ctx.prepare(example.replace(config=config, state={}))
             results.append((value, claim_values(ctx.evaluate(at))))
@@ -781,29 +851,39 @@ def property_check(claim: Property, check_id: str) -> Check:
     if isinstance(claim, Bounded):
         return Check(check_id, title, _any_examples, _bounded(claim), claim=claim)
     if isinstance(claim, ZeroAtPerfect):
-        return Check(check_id, title, lambda ctx: ctx.examples(), _zero_at_perfect(claim),
-                     claim=claim)
+        return Check(
+            check_id, title, lambda ctx: ctx.examples(), _zero_at_perfect(claim), claim=claim
+        )
     if isinstance(claim, ReducesTo):
         return Check(
-            check_id, title,
-            lambda ctx: ctx.examples(custom_ok=False, config_strategy=ctx.configs(**claim.at))
-            if ctx.example_strategy is None
-            else ctx.example_strategy.map(
-                lambda ex: ex.replace(config=_with_fields(ctx.spec, ex.config, dict(claim.at)))
+            check_id,
+            title,
+            lambda ctx: (
+                ctx.examples(custom_ok=False, config_strategy=ctx.configs(**claim.at))
+                if ctx.example_strategy is None
+                else ctx.example_strategy.map(
+                    lambda ex: ex.replace(config=_with_fields(ctx.spec, ex.config, dict(claim.at)))
+                )
             ),
-            _reduces_to(claim), claim=claim,
+            _reduces_to(claim),
+            claim=claim,
         )
     if isinstance(claim, Symmetric):
         return Check(check_id, title, lambda ctx: ctx.examples(), _symmetric(claim), claim=claim)
     if isinstance(claim, ScaleInvariant):
         return Check(
-            check_id, title,
-            lambda ctx: st.tuples(ctx.examples(), st.floats(claim.low, claim.high, allow_nan=False)),
-            _scale_invariant(claim), claim=claim,
+            check_id,
+            title,
+            lambda ctx: st.tuples(
+                ctx.examples(), st.floats(claim.low, claim.high, allow_nan=False)
+            ),
+            _scale_invariant(claim),
+            claim=claim,
         )
     if isinstance(claim, Monotone):
-        return Check(check_id, title, lambda ctx: ctx.examples(), _monotone(claim), claim=claim,
-                     budget=0.5)
+        return Check(
+            check_id, title, lambda ctx: ctx.examples(), _monotone(claim), claim=claim, budget=0.5
+        )
     if isinstance(claim, Custom):
         return Check(check_id, title, lambda ctx: ctx.examples(), _custom(claim), claim=claim)
     raise TypeError(f"the conformance kit cannot check properties of type {type(claim).__name__}")
@@ -831,47 +911,97 @@ def generic_checks(spec: PluginSpec) -> list[Check]:
     loss = _is_loss_plugin(spec)
     batch2 = st.integers(2, 5)
     checks = [
-        Check("config_roundtrip", "the config round-trips through lossplug.use and saving",
-              lambda ctx: ctx.configs(), _config_roundtrip),
-        Check("finite", "finite values and gradients on typical inputs",
-              lambda ctx: ctx.examples(), _finite),
-        Check("finite_extremes", "finite values and gradients at extreme inputs",
-              lambda ctx: kst.extreme_examples(ctx.spec, config_strategy=ctx.configs()),
-              _finite_extremes),
-        Check("degenerate_batch",
-              "finite on a batch of one, all labels equal, no two labels equal",
-              lambda ctx: kst.degenerate_examples(ctx.spec, ctx.configs()), _degenerate,
-              budget=0.6),
-        Check("batch_order", "results do not depend on the order of the batch",
-              lambda ctx: ctx.examples(batch_sizes=batch2), _batch_order, budget=0.5),
+        Check(
+            "config_roundtrip",
+            "the config round-trips through lossplug.use and saving",
+            lambda ctx: ctx.configs(),
+            _config_roundtrip,
+        ),
+        Check(
+            "finite",
+            "finite values and gradients on typical inputs",
+            lambda ctx: ctx.examples(),
+            _finite,
+        ),
+        Check(
+            "finite_extremes",
+            "finite values and gradients at extreme inputs",
+            lambda ctx: kst.extreme_examples(ctx.spec, config_strategy=ctx.configs()),
+            _finite_extremes,
+        ),
+        Check(
+            "degenerate_batch",
+            "finite on a batch of one, all labels equal, no two labels equal",
+            lambda ctx: kst.degenerate_examples(ctx.spec, ctx.configs()),
+            _degenerate,
+            budget=0.6,
+        ),
+        Check(
+            "batch_order",
+            "results do not depend on the order of the batch",
+            lambda ctx: ctx.examples(batch_sizes=batch2),
+            _batch_order,
+            budget=0.5,
+        ),
     ]
     if loss and spec.returns == "per_sample" and not spec.batch_coupled:
         checks.append(
-            Check("sample_independence", "one sample's loss does not depend on the others",
-                  lambda ctx: ctx.examples(batch_sizes=batch2), _independence, budget=0.5)
+            Check(
+                "sample_independence",
+                "one sample's loss does not depend on the others",
+                lambda ctx: ctx.examples(batch_sizes=batch2),
+                _independence,
+                budget=0.5,
+            )
         )
     if loss:
         checks.append(
-            Check("reduction", "per-sample shape and weighted reduction match NumPy",
-                  lambda ctx: ctx.examples(batch_sizes=batch2), _reduction, budget=0.5)
+            Check(
+                "reduction",
+                "per-sample shape and weighted reduction match NumPy",
+                lambda ctx: ctx.examples(batch_sizes=batch2),
+                _reduction,
+                budget=0.5,
+            )
         )
     checks.append(
-        Check("dtypes", "float16, bfloat16, float32 and float64 inputs agree",
-              lambda ctx: ctx.examples(dtype="float64"), _dtypes, budget=0.5)
+        Check(
+            "dtypes",
+            "float16, bfloat16, float32 and float64 inputs agree",
+            lambda ctx: ctx.examples(dtype="float64"),
+            _dtypes,
+            budget=0.5,
+        )
     )
     if loss and _has_continuous_outputs(spec):
         checks.append(
-            Check("gradient_fd", "gradients match central finite differences in float64",
-                  lambda ctx: ctx.examples(dtype="float64", batch_sizes=st.integers(1, 3)),
-                  _gradient_fd, budget=0.5)
+            Check(
+                "gradient_fd",
+                "gradients match central finite differences in float64",
+                lambda ctx: ctx.examples(dtype="float64", batch_sizes=st.integers(1, 3)),
+                _gradient_fd,
+                budget=0.5,
+            )
         )
     checks.append(
-        Check("compiled", "eager, tf.function and jit_compile=True agree",
-              lambda ctx: ctx.examples(), _compiled, budget=0.2)
+        Check(
+            "compiled",
+            "eager, tf.function and jit_compile=True agree",
+            lambda ctx: ctx.examples(),
+            _compiled,
+            budget=0.2,
+        )
     )
     checks.append(
-        Check("save_load", "a LossModel using the plugin saves and loads",
-              lambda ctx: ctx.examples(batch_sizes=4), _save_load, budget=0.03, cap=3)
+        Check(
+            "save_load",
+            "a LossModel using the plugin saves and loads",
+            lambda ctx: ctx.examples(batch_sizes=4),
+            _save_load,
+            budget=0.03,
+            cap=3,
+            shrink=False,
+        )
     )
     return checks
 
@@ -879,15 +1009,18 @@ def generic_checks(spec: PluginSpec) -> list[Check]:
 def checks_for(spec: PluginSpec) -> list[Check]:
     """Every check that applies to ``spec``: generic ones, then one per claimed property."""
     checks = generic_checks(spec)
-    extra = [property_check(c, i) for c, i in zip(spec.properties, property_ids(spec.properties),
-                                                   strict=True)]
+    extra = [
+        property_check(c, i)
+        for c, i in zip(spec.properties, property_ids(spec.properties), strict=True)
+    ]
     # Claims are cheap and specific: run them before the expensive compiled/model checks.
     split = next(i for i, c in enumerate(checks) if c.id == "compiled")
     return checks[:split] + extra + checks[split:]
 
 
-def select(spec: PluginSpec, only: Sequence[str] | None = None,
-           skip: Sequence[str] = ()) -> list[Check]:
+def select(
+    spec: PluginSpec, only: Sequence[str] | None = None, skip: Sequence[str] = ()
+) -> list[Check]:
     """The checks to run: all of them, or ``only`` those, minus ``skip`` (unknown ids raise)."""
     checks = checks_for(spec)
     known = [c.id for c in checks]
@@ -903,4 +1036,3 @@ def select(spec: PluginSpec, only: Sequence[str] | None = None,
 
 
 __all__ = ["Check", "Context", "checks_for", "generic_checks", "property_check", "select"]
-

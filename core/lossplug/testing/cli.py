@@ -74,7 +74,10 @@ def run_check(args: argparse.Namespace) -> int:
                 report = Report(plugin=name, profile=profiles.short_name(profile), seed=seed)
                 report.results.append(
                     CheckResult(
-                        plugin=name, check="load", title="the plugin loads", status=FAILED,
+                        plugin=name,
+                        check="load",
+                        title="the plugin loads",
+                        status=FAILED,
                         message=f"lossplug conformance failure: plugin {name!r} could not be "
                         f"loaded: {exc}",
                     )
@@ -86,7 +89,8 @@ def run_check(args: argparse.Namespace) -> int:
     for report in reports:
         for result in report.failures:
             console.print()
-            console.print(result.message, markup=False, highlight=False)
+            # soft_wrap: never break the reproduce commands of a report across lines
+            console.print(result.message, markup=False, highlight=False, soft_wrap=True)
     failed = sum(len(r.failures) for r in reports)
     checks = sum(len(r.results) for r in reports)
     verdict = "[bold red]FAILED[/bold red]" if failed else "[bold green]OK[/bold green]"
@@ -105,15 +109,25 @@ def _line(report: Report) -> str:
 
 def _table(reports: list[Report], table_cls: Any) -> Any:
     table = table_cls(title="lossplug conformance", title_justify="left")
-    for column, justify in (("plugin", "left"), ("check", "left"), ("status", "left"),
-                            ("examples", "right"), ("time", "right"), ("what", "left")):
+    for column, justify in (
+        ("plugin", "left"),
+        ("check", "left"),
+        ("status", "left"),
+        ("examples", "right"),
+        ("time", "right"),
+        ("what", "left"),
+    ):
         table.add_column(column, justify=justify, overflow="fold")
     for report in reports:
         for r in report.results:
             style = _STYLE.get(r.status, "")
             table.add_row(
-                report.plugin, r.check, f"[{style}]{r.status}[/{style}]", str(r.examples),
-                f"{r.seconds:.1f}s", r.title,
+                report.plugin,
+                r.check,
+                f"[{style}]{r.status}[/{style}]",
+                str(r.examples),
+                f"{r.seconds:.1f}s",
+                r.title,
             )
     return table
 

@@ -104,8 +104,12 @@ class Session:
         random.seed(zlib.crc32(f"{self.spec.name}:{_config_key(self.config)}".encode()))
         try:
             _core_call_plugin(
-                self.spec, self.harness.caller, inputs, outputs,
-                self.extras(False, _int64(0), _int64(0)), term=self.spec.name,
+                self.spec,
+                self.harness.caller,
+                inputs,
+                outputs,
+                self.extras(False, _int64(0), _int64(0)),
+                term=self.spec.name,
             )
         finally:
             random.setstate(saved)
@@ -135,8 +139,12 @@ class Session:
         inputs, outputs = self.tensors(example, dtype)
         if mode == "eager":
             out = _core_call_plugin(
-                self.spec, self.harness.caller, inputs, outputs,
-                self.extras(training, _int64(epoch), _int64(step)), term=self.spec.name,
+                self.spec,
+                self.harness.caller,
+                inputs,
+                outputs,
+                self.extras(training, _int64(epoch), _int64(step)),
+                term=self.spec.name,
             )
             loss, metrics = out.loss, {k: v for k, (v, _) in out.metrics.items()}
         elif mode in ("function", "jit"):
@@ -195,8 +203,12 @@ class Session:
             for value in watched.values():
                 tape.watch(value)
             out = _core_call_plugin(
-                self.spec, self.harness.caller, inputs, outputs,
-                self.extras(training, _int64(0), _int64(0)), term=self.spec.name,
+                self.spec,
+                self.harness.caller,
+                inputs,
+                outputs,
+                self.extras(training, _int64(0), _int64(0)),
+                term=self.spec.name,
             )
             objective = tf.reduce_sum(out.loss) if out.loss is not None else None
         outcome = Outcome(
@@ -211,7 +223,7 @@ class Session:
         tensor_grads = {n: _np_or_none(g) for n, g in zip(names, grads[: len(names)], strict=True)}
         state_grads = {
             _var_name(v): _np_or_none(g)
-            for v, g in zip(variables, grads[len(names):], strict=True)
+            for v, g in zip(variables, grads[len(names) :], strict=True)
         }
         return outcome, tensor_grads, state_grads
 
@@ -231,7 +243,8 @@ class Session:
             for value in watched.values():
                 tape.watch(value)
             result = self.harness.caller(
-                inputs=dict(inputs), outputs=dict(outputs),
+                inputs=dict(inputs),
+                outputs=dict(outputs),
                 extras=self.extras(training, _int64(0), _int64(0)),
             )
             loss = result.loss if isinstance(result, LossResult) else result

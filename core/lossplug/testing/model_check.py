@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import keras
@@ -73,6 +74,9 @@ class KitHead(keras.layers.Layer):
         self.target_shape = tuple(int(d) for d in shape)
         self.activation_name = activation
         self.dense = keras.layers.Dense(max(1, math.prod(self.target_shape)))
+
+    def build(self, input_shape: Any) -> None:
+        self.dense.build(tuple(input_shape))
 
     def call(self, x: Any) -> Any:
         y = ops.reshape(self.dense(x), (-1, *self.target_shape))
@@ -141,11 +145,19 @@ def build_model(spec: Any, example: Example) -> tuple[Any, dict[str, np.ndarray]
                 "model cannot produce them"
             )
         shape = np.asarray(example.outputs[tensor.name]).shape[1:]
-        heads[tensor.name] = KitHead(shape, _activation(tensor.kind, len(shape)), name=tensor.name)(
-            trunk
-        )
-    if "y_pred" in heads:
-        output = heads.pop("y_pred")
+        activation = _activation(tensor.kind, len(shape))
+        if tensor.name == "y_pred":
+            heads["y_pred"] = (shape, activation)
+        else:
+            heads[tensor.name] = KitHead(shape, activation, name=tensor.name)(trunk)
+    # The exposed heads feed the output (through a mixing layer) so that they are layers of
+    # the model; y_pred (if the plugin reads it) is the model's output.
+    y_pred = heads.pop("y_pred", None)
+    if heads:
+        trunk = KitTrunk(8, name="kit_mix")([trunk, *heads.values()])
+    if y_pred is not None:
+        shape, activation = y_pred
+        output = KitHead(shape, activation, name="y_pred")(trunk)
     else:
         output = KitHead((1,), name="prediction")(trunk)
     model = lossplug.LossModel(model_inputs, output, expose=list(heads))
@@ -181,12 +193,22 @@ def save_and_load(ctx: Any, example: Example) -> None:
     model, x, y = build_model(spec, example)
     n = next(iter(x.values())).shape[0]
     term = lossplug.use(spec.name, **_config_values(example.config))
-    _stage("LossModel.compile(loss=lossplug.use(...))", model.compile,
-           optimizer=keras.optimizers.SGD(0.01), loss=term)
+    _stage(
+        "LossModel.compile(loss=lossplug.use(...))",
+        model.compile,
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=term,
+    )
     if spec.returns != "metrics":
-        _stage("LossModel.fit", model.fit, x, y, batch_size=n, epochs=1, verbose=0, shuffle=False)
-    before = _stage("LossModel.evaluate", model.evaluate, x, y, batch_size=n, verbose=0,
-                    return_dict=True)
+        with warnings.catch_warnings():
+            # The generated model's unused prediction head gets no gradient: that is expected.
+            warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+            _stage(
+                "LossModel.fit", model.fit, x, y, batch_size=n, epochs=1, verbose=0, shuffle=False
+            )
+    before = _stage(
+        "LossModel.evaluate", model.evaluate, x, y, batch_size=n, verbose=0, return_dict=True
+    )
     predicted = _stage("LossModel.predict", model.predict, x, batch_size=n, verbose=0)
     with tempfile.TemporaryDirectory(prefix="lossplug-kit-") as tmp:
         path = os.path.join(tmp, "model.keras")
@@ -194,10 +216,18 @@ def save_and_load(ctx: Any, example: Example) -> None:
         loaded = _stage("keras.models.load_model (safe_mode=True)", keras.models.load_model, path)
     if not isinstance(loaded, lossplug.LossModel):
         raise KitFailure(f"the loaded model is a {type(loaded).__name__}, not a lossplug.LossModel")
-    after = _stage("evaluate on the loaded model", loaded.evaluate, x, y, batch_size=n, verbose=0,
-                   return_dict=True)
-    predicted_after = _stage("predict on the loaded model", loaded.predict, x, batch_size=n,
-                             verbose=0)
+    after = _stage(
+        "evaluate on the loaded model",
+        loaded.evaluate,
+        x,
+        y,
+        batch_size=n,
+        verbose=0,
+        return_dict=True,
+    )
+    predicted_after = _stage(
+        "predict on the loaded model", loaded.predict, x, batch_size=n, verbose=0
+    )
     if set(after) != set(before):
         raise KitFailure(
             f"evaluate reports {sorted(before)} before saving and {sorted(after)} after loading"

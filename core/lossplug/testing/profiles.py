@@ -52,7 +52,7 @@ def register_profiles() -> None:
 
 
 def profile_name(profile: str | None = None) -> str:
-    """The full profile name for ``"quick"``, ``"thorough"``, a full name or ``None`` (env default)."""
+    """The full name of ``"quick"``, ``"thorough"``, a full name, or ``None`` (the env default)."""
     if profile is None:
         profile = os.environ.get(PROFILE_ENV, "").strip() or "quick"
     if isinstance(profile, str) and not profile.startswith("lossplug-"):

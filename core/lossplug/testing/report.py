@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -81,7 +82,9 @@ class Report:
         parts = [f"{counts[PASSED]} passed", f"{counts[FAILED]} failed"]
         if counts[SKIPPED]:
             parts.append(f"{counts[SKIPPED]} skipped")
-        return f"{self.plugin}: " + ", ".join(parts) + f" (profile {self.profile}, seed {self.seed})"
+        return (
+            f"{self.plugin}: " + ", ".join(parts) + f" (profile {self.profile}, seed {self.seed})"
+        )
 
     def __str__(self) -> str:
         lines = [self.summary()]
@@ -106,7 +109,7 @@ def _array_text(value: Any, indent: str) -> str:
 def _describe_value(value: Any) -> str:
     arr = np.asarray(value)
     desc = f"{arr.dtype.name} {tuple(arr.shape)}"
-    if arr.size and arr.dtype.kind in "fiub" or (arr.size and arr.dtype.name == "bfloat16"):
+    if (arr.size and arr.dtype.kind in "fiub") or (arr.size and arr.dtype.name == "bfloat16"):
         numeric = arr.astype(np.float64)
         finite = numeric[np.isfinite(numeric)]
         if finite.size:
@@ -153,12 +156,16 @@ def _literal(value: Any) -> str | None:
     return f"np.array({arr.tolist()!r}, dtype={arr.dtype.name!r})"
 
 
-def python_snippet(plugin: str, example: Example, call: Mapping[str, Any] | None = None) -> str | None:
+def python_snippet(
+    plugin: str, example: Example, call: Mapping[str, Any] | None = None
+) -> str | None:
     """A ``call_plugin(...)`` line reproducing ``example``, if the arrays are small enough."""
     total = 0
     parts: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}, "state": {}}
     for section, mapping in (
-        ("inputs", example.inputs), ("outputs", example.outputs), ("state", example.state or {})
+        ("inputs", example.inputs),
+        ("outputs", example.outputs),
+        ("state", example.state or {}),
     ):
         for name, value in mapping.items():
             arr = np.asarray(value)
@@ -172,10 +179,8 @@ def python_snippet(plugin: str, example: Example, call: Mapping[str, Any] | None
         return "{" + ", ".join(f"{k!r}: {v}" for k, v in d.items()) + "}"
 
     args = [repr(plugin), mapping_text(parts["inputs"]), mapping_text(parts["outputs"])]
-    try:
+    with contextlib.suppress(Exception):
         args.append(f"config={config_to_dict(example.config)!r}")
-    except Exception:
-        pass
     if parts["state"]:
         args.append(f"state={mapping_text(parts['state'])}")
     for key, value in (call or {}).items():
@@ -243,10 +248,10 @@ def failure_report(
     if nodeid:
         lines.append(f"    LOSSPLUG_PROFILE={short} LOSSPLUG_SEED={seed} pytest '{nodeid}'")
     lines.append(
-        f"    python -c \"from lossplug.testing import check_plugin; "
-        f"print(check_plugin({plugin!r}, profile={short!r}, seed={seed}, only=[{check!r}]))\""
+        f'    python -c "from lossplug.testing import check_plugin; '
+        f'print(check_plugin({plugin!r}, profile={short!r}, seed={seed}, only=[{check!r}]))"'
     )
-    if shown is not None:
+    if shown is not None and (shown.inputs or shown.outputs):
         snippet = python_snippet(plugin, shown, call)
         if snippet:
             lines.append("    " + snippet)
@@ -254,4 +259,3 @@ def failure_report(
 
 
 __all__ = ["CheckResult", "KitFailure", "Report", "describe_example", "failure_report"]
-

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import FailedHealthCheck, Unsatisfiable, UnsatisfiedAssumption
 
@@ -18,6 +19,20 @@ from .model_check import SkipCheck
 from .report import FAILED, PASSED, SKIPPED, CheckResult, Report, failure_report
 
 Progress = Callable[[str, int, int, "CheckResult | None"], None]
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow() -> Iterator[None]:
+    """Silence TensorFlow's retracing warnings: the kit traces many small functions on purpose."""
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _as_example(value: Any) -> Example | None:
@@ -55,15 +70,15 @@ def run_one(
             raise
 
     test.__name__ = f"check_{check.id}"
-    wrapped = hypothesis_seed(seed)(
-        settings(base, max_examples=check.max_examples(base.max_examples))(
-            given(check.strategy(ctx))(test)
-        )
-    )
+    overrides: dict[str, Any] = {"max_examples": check.max_examples(base.max_examples)}
+    if not check.shrink:
+        overrides["phases"] = [p for p in base.phases if p != Phase.shrink]
+    wrapped = hypothesis_seed(seed)(settings(base, **overrides)(given(check.strategy(ctx))(test)))
     started = time.perf_counter()
     result = CheckResult(plugin=ctx.name, check=check.id, title=check.title, status=PASSED)
     try:
-        wrapped()
+        with _quiet_tensorflow():
+            wrapped()
     except SkipCheck as exc:
         result.status, result.message = SKIPPED, str(exc)
     except KeyboardInterrupt:
@@ -81,7 +96,8 @@ def run_one(
         value, error = record["last"] if record["last"] is not None else (None, exc)
         result.status = FAILED
         result.error = error
-        result.example = _as_example(value)
+        shown = getattr(error, "example", None)  # a KitFailure's transformed example
+        result.example = shown if isinstance(shown, Example) else _as_example(value)
         result.message = failure_report(
             plugin=ctx.name,
             spec=ctx.spec,

@@ -23,6 +23,7 @@ one_hot, labels      one-hot / ids in [0, C)      often all labels equal
 binary_labels        0 / 1                        0 / 1, often all equal
 embeddings           uniform in [-10, 10]         rows of norm 1e-6, 1 or 1e4
 images, masks        uniform in [0, 1]            exactly 0 or 1
+                     (target masks: 0 / 1)
 real, any            uniform in [-10, 10]         +-1e4 and 0 mixed with any value
 ===================  ===========================  ====================================
 
@@ -115,8 +116,11 @@ def _number_strategy(field: attrs.Attribute, meta: Mapping[str, Any], as_dim: bo
     if hi < lo or (hi == lo and not (low_inc and high_inc)):
         return st.just(default)
     inner = st.floats(
-        lo, hi, exclude_min=low is not None and not low_inc,
-        exclude_max=high is not None and not high_inc, **_FLOATS,
+        lo,
+        hi,
+        exclude_min=low is not None and not low_inc,
+        exclude_max=high is not None and not high_inc,
+        **_FLOATS,
     )
     return st.one_of(st.just(default), inner)
 
@@ -127,8 +131,10 @@ def field_strategy(spec: PluginSpec, field: attrs.Attribute) -> Any:
     default = field.default
     choices = meta.get("choices")
     if choices:
-        ordered = [default, *[c for c in choices if c != default]] if default in choices else list(
-            choices
+        ordered = (
+            [default, *[c for c in choices if c != default]]
+            if default in choices
+            else list(choices)
         )
         return st.sampled_from(ordered)
     if isinstance(default, bool):
@@ -233,7 +239,7 @@ def _embeddings(draw: Any, shape: tuple[int, ...], extremes: bool) -> np.ndarray
         signed = [s * n for n in EMBEDDING_NORMS for s in (1.0, -1.0)]
         return draw(_floats_array(shape, st.sampled_from(signed)))
     direction = draw(_floats_array(shape, st.floats(-1.0, 1.0, **_FLOATS)))
-    norms_shape = shape[:-1] + (1,)
+    norms_shape = (*shape[:-1], 1)
     norms = draw(_floats_array(norms_shape, st.sampled_from(EMBEDDING_NORMS)))
     length = np.linalg.norm(direction, axis=-1, keepdims=True)
     zero = length[..., 0] == 0
@@ -286,6 +292,9 @@ def tensor_value(
         return draw(_floats_array(shape, st.sampled_from([0.0, 1.0])))
     if kind == Kind.EMBEDDINGS:
         return _embeddings(draw, shape, extremes)
+    if kind == Kind.MASKS and tensor.source == Source.INPUTS:
+        # Target masks are binary; predicted masks (outputs) are soft, in [0, 1].
+        return draw(_floats_array(shape, st.sampled_from([0.0, 1.0])))
     if kind in (Kind.IMAGES, Kind.MASKS):
         return _unit_interval(draw, shape, extremes)
     return _unbounded(draw, shape, extremes, REAL_RANGE)
@@ -386,7 +395,9 @@ def extreme_examples(spec: PluginSpec, **kwargs: Any) -> Any:
     return examples(spec, extremes=True, **kwargs)
 
 
-def degenerate_examples(spec: PluginSpec, config_strategy: Any = None, dtype: Any = "float32") -> Any:
+def degenerate_examples(
+    spec: PluginSpec, config_strategy: Any = None, dtype: Any = "float32"
+) -> Any:
     """Batches of one, batches whose labels are all equal, and batches with no shared label."""
     return st.one_of(
         examples(spec, config_strategy, batch_sizes=1, dtype=dtype),
