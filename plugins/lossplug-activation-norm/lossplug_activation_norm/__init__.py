@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import keras
 import lossplug
 from keras import ops
 from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec
+from lossplug.numerics import reduce_trailing, to_compute_dtype
 
 
 @attrs.frozen
@@ -35,12 +35,7 @@ def squared_norms(activations: Any) -> Any:
 
     Computed in float32, or in float64 for float64 activations.
     """
-    a = ops.convert_to_tensor(activations)
-    wide = keras.backend.standardize_dtype(a.dtype) == "float64"
-    a = ops.cast(a, "float64" if wide else "float32")
-    squares = ops.square(a)
-    axes = tuple(range(1, len(a.shape)))
-    return ops.sum(squares, axis=axes) if axes else squares
+    return reduce_trailing(ops.square(to_compute_dtype(activations)), "sum")
 
 
 @lossplug.hookimpl

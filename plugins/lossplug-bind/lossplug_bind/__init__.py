@@ -47,6 +47,7 @@ import keras
 import lossplug
 from keras import ops
 from lossplug import Kind, PluginSpec, TensorSpec
+from lossplug.numerics import compute_dtype
 from lossplug.properties import Example, NonNegative, ReducesTo
 
 #: Names ``keras.losses.get`` resolves but that bind cannot compute per sample.
@@ -151,8 +152,7 @@ def per_sample_loss(
     fn = resolve(name)
     y_pred = ops.convert_to_tensor(y_pred)
     if dtype is None:
-        wide = keras.backend.standardize_dtype(y_pred.dtype) == "float64"
-        dtype = "float64" if wide else "float32"
+        dtype = compute_dtype(y_pred)
     y_true, y_pred = _prepare(y_true, dtype), _prepare(y_pred, dtype)
     if len(y_pred.shape) == 1:
         y_pred = ops.expand_dims(y_pred, -1)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
 from keras import ops
+from lossplug import numerics
 
 PLUGIN = "center"
 
@@ -36,16 +36,9 @@ def class_ids(y_true: Any, num_classes: int) -> Any:
             f"loss plugin {PLUGIN!r}: y_true must hold class ids of shape (batch,) (or one-hot "
             f"rows of shape (batch, num_classes={num_classes})), got shape {shape}"
         )
-    ids = ops.cast(y_true, "int32")
     # Checked also in compiled graphs: on GPU an out-of-range id would silently
     # gather a zero centre instead of failing.
-    message = (
-        f"loss plugin {PLUGIN!r}: y_true holds a class id outside [0, num_classes={num_classes}); "
-        f"set lossplug.use({PLUGIN!r}, num_classes=<the number of classes>)"
-    )
-    tf.debugging.assert_non_negative(ids, message=message)
-    tf.debugging.assert_less(ids, num_classes, message=message)
-    return ids
+    return numerics.class_ids(y_true, num_classes, plugin=PLUGIN, field="num_classes")
 
 
 def effective_centers(centers: Any, alpha: float) -> Any:
@@ -77,6 +70,4 @@ def center_loss(features: Any, labels: Any, centers: Any, alpha: float = 1.0) ->
     """
     features = ops.cast(features, "float32")
     c_y = ops.take(effective_centers(centers, alpha), labels, axis=0)
-    squared = ops.square(features - c_y)
-    axes = tuple(range(1, len(squared.shape)))
-    return 0.5 * ops.sum(squared, axis=axes)
+    return 0.5 * numerics.reduce_trailing(ops.square(features - c_y), "sum")

@@ -17,18 +17,27 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from lossplug.extras import Extras, StateStore
 from lossplug.properties import Example
-from lossplug.terms import call_plugin
-from lossplug.testing import conformance_tests
+from lossplug.terms import call_plugin as core_call_plugin
+from lossplug.testing import call_plugin, conformance_tests
 from lossplug_center import claims
 from lossplug_center.loss import center_loss
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
 
-def run(labels, features, centers=None, store=None, **config):
-    """Call the plugin as the core does, optionally setting the centres first."""
+def run(labels, features, centers=None, **config):
+    """The installed plugin's per-sample loss as float64 NumPy, with the centres set first."""
+    state = None if centers is None else {"centers": centers}
+    loss, _ = call_plugin(
+        "center", {"y_true": labels}, {"features": features}, config=config, state=state
+    )
+    assert loss.shape == (len(features),)
+    return loss.astype(np.float64)
+
+
+def run_in(store, labels, features, **config):
+    """Call the plugin with a StateStore the test owns, to look at the variables it creates."""
     spec = plugin.SPEC
-    store = store if store is not None else StateStore(plugin=spec.name)
     extras = Extras(
         config=spec.make_config(config),
         epoch=tf.constant(0, tf.int64),
@@ -36,23 +45,15 @@ def run(labels, features, centers=None, store=None, **config):
         training=True,
         state=store,
     )
-
-    def call():
-        return call_plugin(
-            spec,
-            plugin.build_loss_graph,
-            {"y_true": labels},
-            {"features": features},
-            extras,
-            term=spec.name,
-        )
-
-    out = call()
-    if centers is not None:
-        store.assign({"centers": centers})
-        out = call()
-    assert out.per_sample
-    return keras.ops.convert_to_numpy(out.loss).astype(np.float64)
+    out = core_call_plugin(
+        spec,
+        plugin.build_loss_graph,
+        {"y_true": labels},
+        {"features": features},
+        extras,
+        term=spec.name,
+    )
+    return keras.ops.convert_to_numpy(out.loss)
 
 
 @st.composite
@@ -138,19 +139,19 @@ def test_centres_are_state_created_once():
     store = StateStore(plugin="center")
     features = np.ones((3, 4), np.float32)
     labels = np.array([0, 2, 1])
-    run(labels, features, store=store, num_classes=3)
+    run_in(store, labels, features, num_classes=3)
     assert "centers" in store
     (variable,) = store.weights
     assert tuple(variable.shape) == (3, 4) and variable.trainable
     np.testing.assert_array_equal(store.values()["centers"], 0.0)
     store.close()  # as after compile: the next call must find the variable, not create one
-    np.testing.assert_allclose(run(labels, features, store=store, num_classes=3), 2.0)
+    np.testing.assert_allclose(run_in(store, labels, features, num_classes=3), 2.0)
     assert len(store.weights) == 1
 
 
 def test_alpha_zero_freezes_the_centres():
     store = StateStore(plugin="center")
-    run(np.array([1]), np.ones((1, 2), np.float32), store=store, num_classes=2, alpha=0.0)
+    run_in(store, np.array([1]), np.ones((1, 2), np.float32), num_classes=2, alpha=0.0)
     assert store.trainable_weights == [] and len(store.non_trainable_weights) == 1
 
 
@@ -170,22 +171,18 @@ def test_label_forms_agree():
 
 def test_claim_helpers_hold_on_an_example():
     rng = np.random.default_rng(1)
-    store = StateStore(plugin="center")
-    labels = rng.integers(0, 4, size=(6,))
-    features = rng.normal(size=(6, 3)).astype(np.float32)
-    run(labels, features, rng.normal(size=(4, 3)).astype(np.float32), store=store, num_classes=4)
     example = Example(
-        inputs={"y_true": labels},
-        outputs={"features": features},
+        inputs={"y_true": rng.integers(0, 4, size=(6,))},
+        outputs={"features": rng.normal(size=(6, 3)).astype(np.float32)},
         config=plugin.SPEC.make_config({"num_classes": 4}),
-        state=store.values(),
+        state={"centers": rng.normal(size=(4, 3)).astype(np.float32)},
     )
 
     def loss_fn(ex):
         return run(
             ex.inputs["y_true"],
             ex.outputs["features"],
-            store=store,
+            ex.state["centers"],
             num_classes=ex.config.num_classes,
             alpha=ex.config.alpha,
         )

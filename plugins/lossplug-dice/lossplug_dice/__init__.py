@@ -43,10 +43,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import keras
 import lossplug
 from keras import ops
 from lossplug import Kind, PluginSpec, TensorSpec
+from lossplug.numerics import compute_dtype, reduce_trailing
 
 from .claims import CLAIMS
 
@@ -70,11 +70,6 @@ class Config:
         neutral=0.0,
         doc="weight of the binary cross-entropy term added to the Dice loss (0: Dice only)",
     )
-
-
-def compute_dtype(x: Any) -> str:
-    """float64 for float64 inputs, else float32 (half precision is computed in float32)."""
-    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
 
 
 def _as_masks(x: Any, dtype: str) -> Any:
@@ -110,7 +105,7 @@ def binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
     per_element = -(
         t * ops.log(ops.maximum(p, EPSILON)) + (1.0 - t) * ops.log(ops.maximum(1.0 - p, EPSILON))
     )
-    return ops.mean(per_element, axis=tuple(range(1, len(p.shape))))
+    return reduce_trailing(per_element, "mean")
 
 
 def dice_loss(y_true: Any, y_pred: Any, smooth: float = 1.0, bce_weight: float = 0.0) -> Any:

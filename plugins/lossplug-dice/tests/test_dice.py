@@ -31,7 +31,9 @@ def call(y_true, y_pred, **config):
     return loss
 
 
-unit = st.floats(0.0, 1.0, allow_nan=False, width=32)
+# No subnormals: TensorFlow flushes them to zero on CPU, so a mask of 1e-45 is empty to the
+# plugin but not to the NumPy references (which then disagree at smooth=0 for no real reason).
+unit = st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False, width=32)
 
 
 @st.composite

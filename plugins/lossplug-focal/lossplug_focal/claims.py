@@ -7,28 +7,17 @@ from typing import Any
 
 import attrs
 import numpy as np
+from lossplug.numerics import is_sparse_labels
 from lossplug.properties import Example
 
 _EPS = 1e-7  # keras.config.epsilon() default, used for probabilities
-
-
-def is_sparse(true_shape: tuple[int, ...], pred_shape: tuple[int, ...]) -> bool:
-    """Same rule as :func:`lossplug_focal.loss.is_sparse`."""
-    if len(true_shape) == len(pred_shape) - 1:
-        return True
-    return (
-        len(true_shape) == len(pred_shape)
-        and len(true_shape) > 0
-        and true_shape[-1] == 1
-        and pred_shape[-1] != 1
-    )
 
 
 def dense_targets(y_true: Any, pred_shape: tuple[int, ...], mode: str) -> np.ndarray:
     """Same rule as :func:`lossplug_focal.loss.dense_targets`, in NumPy."""
     y_true = np.asarray(y_true)
     num_classes = pred_shape[-1]
-    if is_sparse(y_true.shape, pred_shape):
+    if is_sparse_labels(y_true, pred_shape):
         ids = y_true.reshape(pred_shape[:-1])
         if mode == "binary" and num_classes == 1:
             return ids.astype(np.float64)[..., None]
@@ -59,7 +48,7 @@ def cross_entropy_reference(example: Example) -> np.ndarray:
     if cfg.mode == "binary":
         target = dense_targets(y_true, y_pred.shape, "binary")
         value = keras.losses.binary_crossentropy(target, y_pred, from_logits=cfg.from_logits)
-    elif is_sparse(y_true.shape, y_pred.shape):
+    elif is_sparse_labels(y_true, y_pred):
         value = keras.losses.sparse_categorical_crossentropy(
             y_true.astype(np.int64), y_pred, from_logits=cfg.from_logits
         )

@@ -29,46 +29,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
-import tensorflow as tf
 from keras import ops
+from lossplug.numerics import (
+    categorical_log_probabilities,
+    clipped_binary_probabilities,
+    compute_dtype,
+    is_sparse_labels,
+    one_hot_targets,
+    to_compute_dtype,
+)
 
 PLUGIN = "focal"
 #: floor of 1 - p_t inside the modulating factor (finite gradient for gamma < 1)
 _FLOOR = 1e-12
-
-
-def checked_ids(ids: Any, num_classes: int) -> Any:
-    """int32 class ids, with a check (also in compiled graphs) that they lie in [0, num_classes).
-
-    Out-of-range ids would otherwise give a zero one-hot row (or, on GPU, a
-    zero centre) and a silently wrong loss.
-    """
-    ids = ops.cast(ids, "int32")
-    message = (
-        f"loss plugin {PLUGIN!r}: y_true holds a class id outside [0, {num_classes}) for "
-        f"predictions with {num_classes} classes; check the labels (and the number of classes)"
-    )
-    tf.debugging.assert_non_negative(ids, message=message)
-    tf.debugging.assert_less(ids, num_classes, message=message)
-    return ids
-
-
-def compute_dtype(x: Any) -> str:
-    """float64 inputs are computed in float64; everything else (float16, bfloat16) in float32."""
-    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
-
-
-def is_sparse(true_shape: tuple[Any, ...], pred_shape: tuple[Any, ...]) -> bool:
-    """Class ids: one axis fewer than y_pred, or a trailing axis of 1 with more than one class."""
-    if len(true_shape) == len(pred_shape) - 1:
-        return True
-    return (
-        len(true_shape) == len(pred_shape)
-        and len(true_shape) > 0
-        and true_shape[-1] == 1
-        and pred_shape[-1] != 1
-    )
 
 
 def dense_targets(
@@ -76,30 +49,13 @@ def dense_targets(
 ) -> Any:
     """Float targets with y_pred's shape.
 
-    Class ids become one-hot rows; in binary mode with a single output unit
-    (y_pred of shape (B, 1)), targets of shape (B,) are the 0/1 targets
-    themselves.
+    Class ids become one-hot rows (checked to lie in [0, C)); in binary mode with
+    a single output unit (y_pred of shape (B, 1)), targets of shape (B,) are the
+    0/1 targets themselves.
     """
-    num_classes = pred_shape[-1]
-    true_shape = tuple(y_true.shape)
-    if is_sparse(true_shape, pred_shape):
-        if len(true_shape) == len(pred_shape):
-            y_true = ops.squeeze(y_true, axis=-1)
-        if mode == "binary" and num_classes == 1:
-            return ops.expand_dims(ops.cast(y_true, dtype), -1)
-        if num_classes is None:
-            raise ValueError(
-                f"loss plugin {PLUGIN!r}: class ids need a static class axis on y_pred, got "
-                f"shape {tuple(pred_shape)}"
-            )
-        return ops.one_hot(checked_ids(y_true, num_classes), num_classes, dtype=dtype)
-    if len(true_shape) != len(pred_shape) or true_shape[-1] not in (None, num_classes):
-        raise ValueError(
-            f"loss plugin {PLUGIN!r} ({mode} mode): y_true has shape {true_shape} but y_pred "
-            f"has shape {tuple(pred_shape)}; pass class ids of shape {tuple(pred_shape[:-1])} "
-            f"or targets of shape {tuple(pred_shape)}"
-        )
-    return ops.cast(y_true, dtype)
+    if mode == "binary" and pred_shape[-1] == 1 and is_sparse_labels(y_true, pred_shape):
+        return ops.expand_dims(ops.cast(y_true, dtype), -1)
+    return one_hot_targets(y_true, pred_shape, plugin=PLUGIN, dtype=dtype)
 
 
 def _modulator(one_minus_pt: Any, gamma: float) -> Any:
@@ -112,14 +68,7 @@ def categorical_focal(
     target: Any, y_pred: Any, *, gamma: float, alpha: float | None, from_logits: bool
 ) -> Any:
     """-a * sum_c t_c (1 - p_c)^gamma log p_c over the last axis."""
-    y_pred = ops.cast(y_pred, compute_dtype(y_pred))
-    if from_logits:
-        log_p = ops.log_softmax(y_pred, axis=-1)
-    else:
-        eps = keras.config.epsilon()
-        p = ops.clip(y_pred, eps, 1.0)
-        p = p / ops.sum(p, axis=-1, keepdims=True)
-        log_p = ops.log(ops.clip(p, eps, 1.0 - eps))
+    log_p = categorical_log_probabilities(y_pred, from_logits=from_logits)
     one_minus_p = -ops.expm1(log_p)
     loss = -ops.sum(target * _modulator(one_minus_p, gamma) * log_p, axis=-1)
     return loss if alpha is None else alpha * loss
@@ -129,17 +78,13 @@ def binary_focal(
     target: Any, y_pred: Any, *, gamma: float, alpha: float | None, from_logits: bool
 ) -> Any:
     """mean over the last axis of a_t (1 - p_t)^gamma * bce, element-wise."""
-    y_pred = ops.cast(y_pred, compute_dtype(y_pred))
+    y_pred = to_compute_dtype(y_pred)
     if from_logits:
         log_p = -ops.softplus(-y_pred)
         log_not_p = -ops.softplus(y_pred)
         p, not_p = ops.sigmoid(y_pred), ops.sigmoid(-y_pred)
     else:
-        eps = keras.config.epsilon()
-        # p and 1 - p are clipped separately, so that every float dtype agrees at
-        # saturated outputs (1 - clip(p) would round to 1.19e-7 in float32).
-        p = ops.clip(y_pred, eps, 1.0 - eps)
-        not_p = ops.clip(1.0 - y_pred, eps, 1.0 - eps)
+        p, not_p = clipped_binary_probabilities(y_pred)
         log_p, log_not_p = ops.log(p), ops.log(not_p)
     bce = -(target * log_p + (1.0 - target) * log_not_p)
     one_minus_pt = target * not_p + (1.0 - target) * p

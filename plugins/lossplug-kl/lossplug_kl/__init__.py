@@ -48,11 +48,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import keras
 import lossplug
 import numpy as np
 from keras import ops
 from lossplug import Kind, PluginSpec, TensorSpec
+from lossplug.numerics import reduce_trailing, to_compute_dtype
 from lossplug.properties import Example, NonNegative, ZeroAtPerfect
 
 #: Clipping range of ``log_var`` (exp(20) ~ 4.9e8 stays finite in float32).
@@ -88,21 +88,6 @@ class Config:
     )
 
 
-def _compute(x: Any) -> Any:
-    """``x`` as a tensor in float64 if it is float64, else in float32 (also for half precision)."""
-    x = ops.convert_to_tensor(x)
-    wide = keras.backend.standardize_dtype(x.dtype) == "float64"
-    return ops.cast(x, "float64" if wide else "float32")
-
-
-def _reduce_trailing(values: Any, reduction: str) -> Any:
-    """Sum or mean over every axis but the first (identity for shape (B,))."""
-    axes = tuple(range(1, len(values.shape)))
-    if not axes:
-        return values
-    return ops.sum(values, axis=axes) if reduction == "sum" else ops.mean(values, axis=axes)
-
-
 def gaussian_kl(mean: Any, log_var: Any, reduction: str = "sum") -> Any:
     """KL(N(mean, exp(log_var)) || N(0, 1)) per sample, shape (B,).
 
@@ -111,13 +96,13 @@ def gaussian_kl(mean: Any, log_var: Any, reduction: str = "sum") -> Any:
     per element: 0.5 * (mean^2 + (expm1(lv) - lv)), lv = clip(log_var, -30, 20),
     summed (or averaged) over every axis but the batch axis.
     """
-    mean = _compute(mean)
+    mean = to_compute_dtype(mean)
     log_var = ops.clip(ops.cast(log_var, mean.dtype), LOG_VAR_MIN, LOG_VAR_MAX)
     # exp(lv) - 1 - lv >= 0; expm1 avoids the cancellation near lv = 0 and the clamp
     # removes a last-ulp negative rounding error.
     variance_term = ops.maximum(ops.expm1(log_var) - log_var, 0.0)
     per_element = 0.5 * (ops.square(mean) + variance_term)
-    return _reduce_trailing(per_element, reduction)
+    return reduce_trailing(per_element, reduction)
 
 
 def variational_dropout_kl(log_alpha: Any, reduction: str = "sum") -> Any:
@@ -126,7 +111,7 @@ def variational_dropout_kl(log_alpha: Any, reduction: str = "sum") -> Any:
     per entry: k1 * (1 - sigmoid(k2 + k3 * log_alpha)) + 0.5 * softplus(-log_alpha),
     summed (or averaged) over every entry of ``log_alpha``.
     """
-    log_alpha = _compute(log_alpha)
+    log_alpha = to_compute_dtype(log_alpha)
     # k1 * (1 - sigmoid(z)) == k1 * sigmoid(-z), which keeps full precision for large z.
     per_entry = K1 * ops.sigmoid(-(K2 + K3 * log_alpha)) + 0.5 * ops.softplus(-log_alpha)
     return ops.sum(per_entry) if reduction == "sum" else ops.mean(per_entry)

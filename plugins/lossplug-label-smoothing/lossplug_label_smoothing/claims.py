@@ -6,28 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from lossplug.numerics import is_sparse_labels
 from lossplug.properties import Example
 
 #: log of this stands in for log 0 when a smoothed target has zero mass (epsilon = 0)
 _TINY = 1e-30
 
 
-def is_sparse(true_shape: tuple[int, ...], pred_shape: tuple[int, ...]) -> bool:
-    """Same rule as :func:`lossplug_label_smoothing.loss.is_sparse`."""
-    if len(true_shape) == len(pred_shape) - 1:
-        return True
-    return (
-        len(true_shape) == len(pred_shape)
-        and len(true_shape) > 0
-        and true_shape[-1] == 1
-        and pred_shape[-1] != 1
-    )
-
-
 def dense_targets(y_true: Any, num_classes: int, pred_shape: tuple[int, ...]) -> np.ndarray:
     """Targets as float rows: class ids become one-hot."""
     y_true = np.asarray(y_true)
-    if is_sparse(y_true.shape, pred_shape):
+    if is_sparse_labels(y_true, pred_shape):
         ids = y_true.reshape(pred_shape[:-1]).astype(np.int64)
         return np.eye(num_classes, dtype=np.float64)[ids]
     return y_true.astype(np.float64)
@@ -78,7 +67,7 @@ def keras_crossentropy(example: Example) -> np.ndarray:
     from_logits = bool(example.config.from_logits)
     if not from_logits:
         y_pred = as_distribution(y_pred).astype(np.float32)
-    if is_sparse(y_true.shape, y_pred.shape):
+    if is_sparse_labels(y_true, y_pred):
         value = keras.losses.sparse_categorical_crossentropy(
             y_true.astype(np.int64), y_pred, from_logits=from_logits
         )
@@ -115,7 +104,7 @@ def check_sparse_matches_one_hot(example: Example, loss_fn: Callable[[Example], 
     y_true = np.asarray(example.inputs["y_true"])
     y_pred = np.asarray(example.outputs["y_pred"])
     num_classes = y_pred.shape[-1]
-    if is_sparse(y_true.shape, y_pred.shape):
+    if is_sparse_labels(y_true, y_pred):
         ids = y_true.reshape(y_pred.shape[:-1]).astype(np.int64)
         one_hot = np.eye(num_classes, dtype=np.float32)[ids]
     else:

@@ -17,16 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 from keras import ops
+from lossplug.numerics import clipped_binary_probabilities, compute_dtype, reduce_trailing
 
 PLUGIN = "reconstruction"
 KINDS = ("mse", "mae", "bce")
-
-
-def compute_dtype(x: Any) -> str:
-    """float64 inputs are computed in float64; everything else (float16, bfloat16) in float32."""
-    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
 
 
 def reconstruction_loss(x: Any, reconstruction: Any, kind: str = "mse") -> Any:
@@ -45,13 +40,8 @@ def reconstruction_loss(x: Any, reconstruction: Any, kind: str = "mse") -> Any:
     elif kind == "mae":
         per_entry = ops.abs(r - x)
     elif kind == "bce":
-        eps = keras.config.epsilon()
-        # p and 1 - p are clipped separately, so that float16, float32 and float64 agree
-        # at saturated outputs (1 - clip(p) would round to 1.19e-7 in float32).
-        log_p = ops.log(ops.clip(r, eps, 1.0 - eps))
-        log_not_p = ops.log(ops.clip(1.0 - r, eps, 1.0 - eps))
-        per_entry = -(x * log_p + (1.0 - x) * log_not_p)
+        p, not_p = clipped_binary_probabilities(r)
+        per_entry = -(x * ops.log(p) + (1.0 - x) * ops.log(not_p))
     else:
         raise ValueError(f"loss plugin {PLUGIN!r}: kind must be one of {KINDS}, got {kind!r}")
-    axes = tuple(range(1, len(per_entry.shape)))
-    return ops.mean(per_entry, axis=axes) if axes else per_entry
+    return reduce_trailing(per_entry, "mean")

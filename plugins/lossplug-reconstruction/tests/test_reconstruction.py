@@ -15,10 +15,8 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from lossplug.extras import Extras, StateStore
 from lossplug.properties import Example
-from lossplug.terms import call_plugin
-from lossplug.testing import conformance_tests
+from lossplug.testing import call_plugin, conformance_tests
 from lossplug_reconstruction import claims
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
@@ -26,20 +24,10 @@ KINDS = ("mse", "mae", "bce")
 
 
 def run(x, y_pred, **config):
-    """Call the plugin as the core does; per-sample loss as NumPy."""
-    spec = plugin.SPEC
-    extras = Extras(
-        config=spec.make_config(config),
-        epoch=tf.constant(0, tf.int64),
-        step=tf.constant(0, tf.int64),
-        training=True,
-        state=StateStore(plugin=spec.name),
-    )
-    out = call_plugin(
-        spec, plugin.build_loss_graph, {"x": x}, {"y_pred": y_pred}, extras, term=spec.name
-    )
-    assert out.per_sample
-    return keras.ops.convert_to_numpy(out.loss).astype(np.float64)
+    """The installed plugin's per-sample loss (one value per sample) as float64 NumPy."""
+    loss, _ = call_plugin("reconstruction", {"x": x}, {"y_pred": y_pred}, config=config)
+    assert loss.shape == np.shape(y_pred)[:1]
+    return loss.astype(np.float64)
 
 
 @st.composite

@@ -12,15 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 from keras import ops
+from lossplug.numerics import compute_dtype
 
 PLUGIN = "regularized_mse"
-
-
-def compute_dtype(x: Any) -> str:
-    """float64 inputs are computed in float64; everything else (float16, bfloat16) in float32."""
-    return "float64" if keras.backend.standardize_dtype(x.dtype) == "float64" else "float32"
 
 
 def regularized_mse(y_true: Any, y_pred: Any, factor: float = 0.1) -> Any:

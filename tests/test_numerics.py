@@ -1,0 +1,305 @@
+"""Tests of lossplug.numerics, the numerics helpers loss plugins share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import lossplug
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from lossplug import numerics
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+EPS = keras.config.epsilon()
+DTYPES = ("float16", "bfloat16", "float32", "float64", "int32", "int64", "uint8", "bool")
+
+
+@st.composite
+def logits(draw, scale=30.0):
+    batch, classes = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    elements = st.floats(-scale, scale, width=32)
+    return draw(hnp.arrays(np.float32, (batch, classes), elements=elements))
+
+
+@st.composite
+def class_id_batches(draw):
+    """Class ids of shape (B,) for predictions (B, C), C >= 2."""
+    batch, classes = draw(st.integers(1, 6)), draw(st.integers(2, 6))
+    ids = draw(hnp.arrays(np.int64, (batch,), elements=st.integers(0, classes - 1)))
+    return ids, classes
+
+
+# ----------------------------------------------------------------- import cost
+def test_import_lossplug_imports_neither_numerics_nor_tensorflow():
+    code = (
+        "import sys, lossplug\n"
+        "assert 'lossplug.numerics' not in sys.modules\n"
+        "assert 'numerics' in dir(lossplug)\n"
+        "import lossplug.numerics\n"  # cheap too: claims modules use its shape rule
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'keras'})\n"
+        "assert lossplug.numerics.is_sparse_labels((2,), (2, 3))\n"
+        "print(heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_lazy_attribute_is_the_module():
+    assert lossplug.numerics is numerics
+
+
+# ----------------------------------------------------------------- compute dtype
+@given(st.lists(st.sampled_from(DTYPES), max_size=4))
+@SETTINGS
+def test_compute_dtype_is_float64_exactly_when_an_input_is(dtypes):
+    tensors = [tf.zeros((2,), dtype) for dtype in dtypes]
+    expected = "float64" if "float64" in dtypes else "float32"
+    assert numerics.compute_dtype(*tensors) == expected
+    numpy_dtypes = [d for d in dtypes if d != "bfloat16"]  # NumPy has no bfloat16
+    arrays = [np.zeros((2,), d) for d in numpy_dtypes]
+    assert numerics.compute_dtype(*arrays) == (
+        "float64" if "float64" in numpy_dtypes else "float32"
+    )
+
+
+def test_compute_dtype_of_python_numbers_and_nothing_is_float32():
+    assert numerics.compute_dtype() == "float32"
+    assert numerics.compute_dtype(1.5, 2) == "float32"
+    assert numerics.compute_dtype(1.5, np.float64(2.0)) == "float64"
+
+
+@given(hnp.arrays(np.float16, (3, 2), elements=st.floats(-1e4, 1e4, width=16)))
+@SETTINGS
+def test_to_compute_dtype_widens_half_precision_exactly(values):
+    out = numerics.to_compute_dtype(values)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), values.astype(np.float32))
+    wide = numerics.to_compute_dtype(values.astype(np.float64))
+    assert keras.backend.standardize_dtype(wide.dtype) == "float64"
+    ints = numerics.to_compute_dtype(np.array([1, 2], np.int64))
+    assert keras.backend.standardize_dtype(ints.dtype) == "float32"
+
+
+# ----------------------------------------------------------------- sparse labels
+shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
+
+
+@given(shapes)
+@SETTINGS
+def test_is_sparse_labels_follows_the_rank_rule(pred_shape):
+    classes = pred_shape[-1]
+    # one axis fewer: class ids
+    assert numerics.is_sparse_labels(pred_shape[:-1], pred_shape)
+    # the predictions' own shape: rows
+    assert not numerics.is_sparse_labels(pred_shape, pred_shape)
+    # a trailing axis of 1: ids when there is more than one class, else a (B, 1) row
+    assert numerics.is_sparse_labels((*pred_shape[:-1], 1), pred_shape) == (classes != 1)
+    # any other rank: neither
+    assert not numerics.is_sparse_labels((*pred_shape, 1), pred_shape)
+    if len(pred_shape) >= 3:
+        assert not numerics.is_sparse_labels(pred_shape[:-2], pred_shape)
+
+
+@given(shapes, shapes)
+@SETTINGS
+def test_is_sparse_labels_reads_tensors_arrays_and_shapes_alike(true_shape, pred_shape):
+    expected = numerics.is_sparse_labels(true_shape, pred_shape)
+    assert numerics.is_sparse_labels(np.zeros(true_shape), np.zeros(pred_shape)) == expected
+    assert numerics.is_sparse_labels(tf.zeros(true_shape), tf.TensorShape(pred_shape)) == expected
+
+
+def test_is_sparse_labels_with_unknown_dimensions():
+    assert numerics.is_sparse_labels((None,), (None, 4))
+    assert numerics.is_sparse_labels((None, 1), (None, None))  # C unknown: ids
+    assert not numerics.is_sparse_labels((None, None), (None, 4))
+
+
+# ----------------------------------------------------------------- class ids
+@given(class_id_batches(), st.sampled_from(["int64", "int32", "float32"]))
+@SETTINGS
+def test_class_ids_are_int32_with_the_same_values(batch, dtype):
+    ids, classes = batch
+    out = numerics.class_ids(ids.astype(dtype), classes, plugin="p")
+    assert keras.backend.standardize_dtype(out.dtype) == "int32"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), ids)
+
+
+@pytest.mark.parametrize("bad", [[0, 3], [-1, 0], [7]])
+def test_out_of_range_class_ids_name_the_plugin_and_the_fix(bad):
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        numerics.class_ids(np.array(bad), 3, plugin="my_loss")
+    assert (
+        "loss plugin 'my_loss': y_true holds a class id outside [0, 3) for predictions with 3 "
+        "classes; check the labels (and the number of classes)"
+    ) in str(info.value)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        numerics.class_ids(np.array(bad), 3, plugin="my_loss", field="num_classes", tensor="ids")
+    assert (
+        "loss plugin 'my_loss': ids holds a class id outside [0, num_classes=3); set "
+        "lossplug.use('my_loss', num_classes=<the number of classes>)"
+    ) in str(info.value)
+
+
+def test_class_id_check_fires_in_graphs_and_compiles_with_xla():
+    def fn(ids):
+        return numerics.class_ids(ids, 3, plugin="my_loss")
+
+    graph = tf.function(fn)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"my_loss.*class id outside \[0, 3\)"):
+        graph(tf.constant([0, 5]))
+    np.testing.assert_array_equal(graph(tf.constant([2, 0])).numpy(), [2, 0])
+    xla = tf.function(fn, jit_compile=True)
+    np.testing.assert_array_equal(xla(tf.constant([2, 1])).numpy(), [2, 1])
+
+
+# ----------------------------------------------------------------- one-hot targets
+@given(class_id_batches(), st.sampled_from(["float32", "float64"]))
+@SETTINGS
+def test_one_hot_targets_of_ids_are_identity_rows(batch, dtype):
+    ids, classes = batch
+    pred = np.zeros((len(ids), classes), np.float32)
+    expected = np.eye(classes)[ids]
+    for y_true in (ids, ids[:, None], ids.astype(np.float32)):
+        out = numerics.one_hot_targets(y_true, pred, plugin="p", dtype=dtype)
+        assert keras.backend.standardize_dtype(out.dtype) == dtype
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), expected)
+    # the predictions' shape serves as well as the predictions
+    out = numerics.one_hot_targets(ids, pred.shape, plugin="p")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), expected)
+
+
+@given(hnp.arrays(np.float16, (3, 4), elements=st.floats(0.0, 1.0, width=16)))
+@SETTINGS
+def test_one_hot_targets_keep_rows_and_cast_them(rows):
+    out = numerics.one_hot_targets(rows, np.zeros((3, 4)), plugin="p", dtype="float64")
+    assert keras.backend.standardize_dtype(out.dtype) == "float64"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), rows.astype(np.float64))
+
+
+def test_one_hot_targets_of_sequences():
+    ids = np.array([[0, 2], [1, 1]])
+    out = numerics.one_hot_targets(ids, (2, 2, 3), plugin="p")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), np.eye(3)[ids])
+
+
+def test_one_hot_targets_of_a_wrong_shape_name_the_plugin_and_both_shapes():
+    with pytest.raises(lossplug.InvalidTensorError) as info:
+        numerics.one_hot_targets(np.zeros((2, 3)), (2, 4), plugin="my_loss")
+    assert str(info.value) == (
+        "loss plugin 'my_loss': y_true has shape (2, 3) but y_pred has shape (2, 4); pass class "
+        "ids of shape (2,) or targets of shape (2, 4)"
+    )
+    with pytest.raises(lossplug.InvalidTensorError, match=r"or one-hot targets of shape \(2, 4\)"):
+        numerics.one_hot_targets(
+            np.zeros((2, 3, 4)), (2, 4), plugin="my_loss", targets="one-hot targets"
+        )
+
+
+def test_one_hot_targets_of_ids_need_a_static_class_axis():
+    with pytest.raises(lossplug.InvalidTensorError, match=r"'my_loss': class ids need a static"):
+        numerics.one_hot_targets(np.array([0, 1]), (2, None), plugin="my_loss")
+    # rows whose class axis is unknown match any predictions
+    rows = tf.function(
+        lambda y: numerics.one_hot_targets(y, (None, 3), plugin="my_loss"),
+        input_signature=[tf.TensorSpec((None, None), tf.float32)],
+    )
+    np.testing.assert_array_equal(rows(tf.ones((2, 3))).numpy(), 1.0)
+
+
+def test_out_of_range_ids_in_one_hot_targets_name_the_plugin():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"'my_loss'.*outside \[0, 3\)"):
+        numerics.one_hot_targets(np.array([0, 3]), (2, 3), plugin="my_loss")
+
+
+# ----------------------------------------------------------------- log probabilities
+def _log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@given(logits())
+@SETTINGS
+def test_log_probabilities_of_logits_are_the_log_softmax(z):
+    log_p = keras.ops.convert_to_numpy(numerics.categorical_log_probabilities(z, from_logits=True))
+    np.testing.assert_allclose(log_p, _log_softmax(z), rtol=1e-5, atol=1e-5)
+    # a distribution: logsumexp(log p) = 0, and log p <= 0
+    np.testing.assert_allclose(np.log(np.exp(log_p.astype(np.float64)).sum(-1)), 0.0, atol=1e-5)
+    assert np.all(log_p <= 1e-6)
+
+
+@given(logits(scale=5.0).map(lambda z: np.abs(z) * np.float32(0.3)))
+@SETTINGS
+def test_log_probabilities_of_scores_are_clipped_and_renormalised(scores):
+    log_p = keras.ops.convert_to_numpy(
+        numerics.categorical_log_probabilities(scores, from_logits=False)
+    )
+    p = np.clip(scores.astype(np.float64), EPS, 1.0)
+    p = np.clip(p / p.sum(-1, keepdims=True), EPS, 1.0 - EPS)
+    np.testing.assert_allclose(log_p, np.log(p), rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(log_p)) and np.all(log_p >= np.log(np.float32(EPS)) - 1e-5)
+
+
+def test_log_probabilities_of_degenerate_rows_are_finite_and_in_the_compute_dtype():
+    zeros = np.zeros((1, 4), np.float32)
+    log_p = numerics.categorical_log_probabilities(zeros, from_logits=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(log_p), np.log(0.25), rtol=1e-6)
+    half = numerics.categorical_log_probabilities(zeros.astype(np.float16), from_logits=True)
+    assert keras.backend.standardize_dtype(half.dtype) == "float32"
+    wide = numerics.categorical_log_probabilities(zeros.astype(np.float64), from_logits=True)
+    assert keras.backend.standardize_dtype(wide.dtype) == "float64"
+
+
+@given(hnp.arrays(np.float32, (6,), elements=st.floats(0.0, 1.0, width=32)))
+@SETTINGS
+def test_clipped_binary_probabilities_stay_in_range_and_complement(p):
+    clipped, complement = (
+        keras.ops.convert_to_numpy(v) for v in numerics.clipped_binary_probabilities(p)
+    )
+    for v in (clipped, complement):
+        assert np.all(v >= np.float32(EPS)) and np.all(v <= np.float32(1 - EPS))
+    inside = (p >= EPS) & (p <= 1 - EPS)
+    np.testing.assert_allclose(clipped[inside] + complement[inside], 1.0, atol=1e-6)
+
+
+def test_clipped_binary_probabilities_clip_the_complement_itself():
+    """At p = 1, 1 - p is clipped to eps exactly (1 - clip(p) would give 1.19e-7 in float32)."""
+    for dtype in ("float16", "float32", "float64"):
+        _, complement = numerics.clipped_binary_probabilities(tf.ones((1,), dtype))
+        expected = np.asarray(EPS, dtype) if dtype != "float16" else np.float16(EPS)
+        assert keras.ops.convert_to_numpy(complement)[0] == expected
+
+
+# ----------------------------------------------------------------- reductions
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=1, max_dims=4, max_side=4),
+        elements=st.floats(-100, 100),
+    )
+)
+@SETTINGS
+def test_reduce_trailing_sums_or_averages_every_axis_but_the_batch_axis(values):
+    axes = tuple(range(1, values.ndim))
+    for reduction, fn in (("sum", np.sum), ("mean", np.mean)):
+        out = keras.ops.convert_to_numpy(numerics.reduce_trailing(tf.constant(values), reduction))
+        assert out.shape == values.shape[:1]
+        expected = fn(values, axis=axes) if axes else values
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_reduce_trailing_refuses_an_unknown_reduction():
+    with pytest.raises(ValueError, match=r"reduction must be one of \('sum', 'mean'\), got 'max'"):
+        numerics.reduce_trailing(tf.zeros((2, 3)), "max")
