@@ -4,7 +4,7 @@ Keras 3 removed ``Layer.add_metric``, which was how Keras 2 showed a statistic
 of an intermediate tensor in the progress bar. Metric plugins return metrics
 and no loss, so they never change training:
 
-    hidden_activation_norm = mean over the samples of ||hidden_b||^2   (activation_norm)
+    hidden = mean over the samples of ||hidden_b||^2   (activation_norm)
     correct                = correct arg-max predictions this epoch     (categorical_true_positives)
 
 Two identical classifiers are trained on scikit-learn's digits, one with an L2
@@ -77,15 +77,15 @@ def main() -> None:
         ).history
 
     header = "  ".join(f"{name:>24}" for name in histories)
-    print(f"epoch  {header}   (hidden_activation_norm)")
+    print(f"epoch  {header}   (hidden)")
     for epoch in range(epochs):
-        row = [f"{h['hidden_activation_norm'][epoch]:24.3f}" for h in histories.values()]
+        row = [f"{h['hidden'][epoch]:24.3f}" for h in histories.values()]
         print(f"{epoch + 1:5d}  " + "  ".join(row))
     for name, history in histories.items():
-        correct = history["train_categorical_true_positives"][-1]
+        correct = history["train"][-1]
         print(
             f"{name}: {correct:.0f} of {len(x_train)} training digits right in the last epoch, "
-            f"val_hidden_activation_norm {history['val_hidden_activation_norm'][-1]:.3f}"
+            f"val_hidden {history['val_hidden'][-1]:.3f}"
         )
 
 

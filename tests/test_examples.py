@@ -35,7 +35,7 @@ EXPECTED = {
     ],
     "activation_norm.py": [
         r"^plain: \d+ of 256 training digits right in the last epoch, "
-        r"val_hidden_activation_norm [\d.]+$",
+        r"val_hidden [\d.]+$",
         r"^L2 activity regulariser: \d+ of 256 training digits right in the last epoch",
     ],
 }

@@ -47,10 +47,10 @@ def call(y_true, y_pred, sample_weight=None):
 
 
 def logged_key(logs, term=NAME):
-    """History key of the term's metric (``<term>_<metric>`` today; ``<term>`` once shortened)."""
-    keys = [k for k in (term, f"{term}_{NAME}") if k in logs]
-    assert len(keys) == 1, f"expected the metric of {term!r} in {sorted(logs)}"
-    return keys[0]
+    """History key of the term's metric: a metric named like its plugin goes by the term name."""
+    assert term in logs, f"expected the metric of {term!r} in {sorted(logs)}"
+    assert not any(key.startswith(f"{term}_") for key in logs), sorted(logs)
+    return term
 
 
 @st.composite
