@@ -47,7 +47,7 @@ from .terms import (
     scale_for_distribution,
 )
 
-#: Default for ``check_finite``: the first training batch's terms must be finite.
+#: Batch size of the dummy batch each plugin is called on at compile time (the probe).
 PROBE_BATCH = 2
 
 

@@ -23,7 +23,7 @@ from .errors import (
     PluginResultError,
     UnknownPluginError,
 )
-from .extras import Extras, StateStore
+from .extras import Extras
 from .registry import registry
 from .schedules import Schedule, as_schedule
 from .specs import LossResult, Metric, PluginSpec, config_to_dict, make_config
@@ -334,10 +334,6 @@ def scale_for_distribution(value: Any) -> Any:
     if replicas > 1:
         value = value * (1.0 / replicas)
     return value
-
-
-def new_state_store(term_name: str, plugin: str) -> StateStore:
-    return StateStore(plugin=plugin, name=f"lossplug_state_{term_name}")
 
 
 __all__ = ["Term", "TermOutput", "as_term", "call_plugin", "reduce_per_sample", "use"]
