@@ -35,6 +35,18 @@ def _renamed_source() -> str:
     return GOOD_MODULE.format(name="something_else", description="x", api_version=1)
 
 
+def error_on_use(site, name, error, env=None):
+    """Run ``lossplug.use(name)`` in a fresh interpreter; print the ``error`` it raises."""
+    code = f"""
+        import lossplug
+        try:
+            lossplug.use({name!r})
+        except lossplug.{error} as exc:
+            print('ERR', exc)
+    """
+    return run_python(code, site, env)
+
+
 def list_json(site, env=None):
     proc = run_python(
         "import sys, lossplug.cli; sys.exit(lossplug.cli.main(['list', '--json']))", site, env
@@ -126,63 +138,25 @@ def test_disabled_plugin_by_environment(site):
     rows = list_json(site, env)
     assert rows[("t_good", "lossplug-t-good")]["status"] == "disabled"
     assert rows[("t_dup", "lossplug-t-dup-b")]["status"] == "available"  # conflict resolved
-    proc = run_python(
-        """
-        import lossplug
-        try:
-            lossplug.use('t_good')
-        except lossplug.UnknownPluginError as exc:
-            print('ERR', exc)
-        """,
-        site,
-        env,
-    )
+    proc = error_on_use(site, "t_good", "UnknownPluginError", env)
     assert "is installed (lossplug-t-good) but disabled by LOSSPLUG_DISABLE" in proc.stdout
 
 
 def test_autoload_off_hides_entry_points(site):
     rows = list_json(site, {"LOSSPLUG_DISABLE_AUTOLOAD": "1"})
     assert rows == {}
-    proc = run_python(
-        """
-        import lossplug
-        try:
-            lossplug.use('t_good')
-        except lossplug.UnknownPluginError as exc:
-            print('ERR', exc)
-        """,
-        site,
-        {"LOSSPLUG_DISABLE_AUTOLOAD": "1"},
-    )
+    proc = error_on_use(site, "t_good", "UnknownPluginError", {"LOSSPLUG_DISABLE_AUTOLOAD": "1"})
     assert "Entry points are ignored because LOSSPLUG_DISABLE_AUTOLOAD is set" in proc.stdout
 
 
 def test_api_version_mismatch_names_both_versions(site):
-    proc = run_python(
-        """
-        import lossplug
-        try:
-            lossplug.use('t_oldapi')
-        except lossplug.APIVersionError as exc:
-            print('ERR', exc)
-        """,
-        site,
-    )
+    proc = error_on_use(site, "t_oldapi", "APIVersionError")
     assert "built for lossplug plugin API version 99" in proc.stdout
     assert "implements API version 1" in proc.stdout
 
 
 def test_spec_name_must_match_entry_point(site):
-    proc = run_python(
-        """
-        import lossplug
-        try:
-            lossplug.use('t_misnamed')
-        except lossplug.InvalidSpecError as exc:
-            print('ERR', exc)
-        """,
-        site,
-    )
+    proc = error_on_use(site, "t_misnamed", "InvalidSpecError")
     assert "declares the name 'something_else'" in proc.stdout
 
 
