@@ -84,6 +84,11 @@ def register_wrapper(wrapper: Any) -> None:
     registry.register_wrapper(wrapper)
 
 
+def unregister_wrapper(wrapper: Any) -> None:
+    """Remove a wrapper registered with :func:`register_wrapper`."""
+    registry.unregister_wrapper(wrapper)
+
+
 def available() -> list[str]:
     """Names of every installed or registered (not disabled) loss plugin."""
     return registry.names()
@@ -140,5 +145,6 @@ __all__ = [
     "registry",
     "schedules",
     "unregister",
+    "unregister_wrapper",
     "use",
 ]
