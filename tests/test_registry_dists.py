@@ -155,6 +155,39 @@ def test_api_version_mismatch_names_both_versions(site):
     assert "implements API version 1" in proc.stdout
 
 
+def test_in_process_replacement_and_unregister_restore_the_installed_plugin(site):
+    proc = run_python(
+        """
+        import lossplug
+        from lossplug.registry import registry
+        installed = registry.spec('t_good')            # loads the installed module
+        class Other:
+            @lossplug.hookimpl
+            def lossplug_spec(self):
+                import attrs
+                return lossplug.PluginSpec(name='t_good', description='replacement',
+                                           config=attrs.make_class('C', {}, frozen=True),
+                                           tensors=())
+            @lossplug.hookimpl
+            def build_loss_graph(self, inputs, outputs, extras):
+                return None
+        try:
+            lossplug.register(Other())
+        except lossplug.PluginConflictError as exc:
+            print('ERR', exc)
+        lossplug.register(Other(), replace=True)
+        print('NOW', registry.spec('t_good').description)
+        lossplug.unregister('t_good')
+        print('BACK', registry.spec('t_good').description, lossplug.use('t_good').distribution)
+        """,
+        site,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERR cannot register loss plugin 't_good': the name is already provided by" in proc.stdout
+    assert "NOW replacement" in proc.stdout
+    assert "BACK a good test loss lossplug-t-good" in proc.stdout
+
+
 def test_spec_name_must_match_entry_point(site):
     proc = error_on_use(site, "t_misnamed", "InvalidSpecError")
     assert "declares the name 'something_else'" in proc.stdout

@@ -5,6 +5,10 @@ a Hypothesis property over generated inputs and checks it. Callables inside
 claims receive and return an :class:`Example` of NumPy arrays, so they are
 easy to write and never import TensorFlow at registration time.
 
+Every claim takes a keyword ``at={parameter: value}``: the Config values at which
+it holds. The kit then draws configs with those fields fixed (the others vary
+over their declared ranges); empty (the default) means at every valid config.
+
 Example::
 
     properties = (
@@ -14,12 +18,14 @@ Example::
             reference=lambda ex: cce(ex.inputs["y_true"], ex.outputs["y_pred"]),
             at={"epsilon": 0.0},
         ),
+        Bounded(0.0, 1.0, at={"bce_weight": 0.0}),
     )
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -55,14 +61,37 @@ class Example:
         return self.inputs[name]
 
 
+def _check_at(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(
+            f"{type(instance).__name__}(at=...) must map Config field names to values, "
+            f"e.g. at={{'gamma': 0.0}}; got {value!r}"
+        )
+
+
+def at_field() -> Any:
+    """The ``at`` field of a claim: keyword-only, a mapping of Config field -> value."""
+    return attrs.field(factory=dict, kw_only=True, validator=_check_at)
+
+
 class Property:
-    """Base class of every claim. Subclasses are attrs classes with a ``describe()``."""
+    """Base class of every claim. Subclasses are attrs classes with a ``describe()``.
+
+    Every claim has ``at``: the Config field values at which it holds (empty:
+    at every config the kit draws).
+    """
 
     #: short identifier used in reports and test ids
     key: str = "property"
+    at: Mapping[str, Any] = MappingProxyType({})
+
+    def where(self) -> str:
+        """`` at gamma=0.0, mode='mining'`` for a claim restricted by ``at`` ('' otherwise)."""
+        text = ", ".join(f"{k}={v!r}" for k, v in self.at.items())
+        return f" at {text}" if text else ""
 
     def describe(self) -> str:
-        return self.key
+        return self.key + self.where()
 
 
 @attrs.frozen
@@ -71,9 +100,10 @@ class NonNegative(Property):
 
     key = "non_negative"
     atol: float = 0.0
+    at: Mapping[str, Any] = at_field()
 
     def describe(self) -> str:
-        return "loss >= 0"
+        return "loss >= 0" + self.where()
 
 
 @attrs.frozen
@@ -92,11 +122,13 @@ class ZeroAtPerfect(Property):
     atol: float = 1e-4
     minimal: bool = False
     description: str = "a perfect prediction"
+    at: Mapping[str, Any] = at_field()
 
     def describe(self) -> str:
+        where = f" ({self.where().strip()})" if self.at else ""
         if self.minimal:
-            return f"loss is minimal at {self.description}"
-        return f"loss == {self.value} at {self.description}"
+            return f"loss is minimal at {self.description}{where}"
+        return f"loss == {self.value} at {self.description}{where}"
 
 
 @attrs.frozen
@@ -107,11 +139,12 @@ class Bounded(Property):
     low: float | None = None
     high: float | None = None
     atol: float = 1e-6
+    at: Mapping[str, Any] = at_field()
 
     def describe(self) -> str:
-        return f"{self.low if self.low is not None else '-inf'} <= loss <= " + (
-            f"{self.high if self.high is not None else 'inf'}"
-        )
+        low = self.low if self.low is not None else "-inf"
+        high = self.high if self.high is not None else "inf"
+        return f"{low} <= loss <= {high}{self.where()}"
 
 
 @attrs.frozen
@@ -125,13 +158,13 @@ class ReducesTo(Property):
     key = "reduces_to"
     name: str
     reference: Callable[[Example], Any]
-    at: Mapping[str, Any] = attrs.field(factory=dict)
+    # positional (third) for compatibility; the other claims take ``at`` by keyword only
+    at: Mapping[str, Any] = attrs.field(factory=dict, validator=_check_at)
     rtol: float = 1e-4
     atol: float = 1e-5
 
     def describe(self) -> str:
-        where = ", ".join(f"{k}={v!r}" for k, v in self.at.items())
-        return f"equals {self.name}" + (f" at {where}" if where else "")
+        return f"equals {self.name}{self.where()}"
 
 
 @attrs.frozen
@@ -143,9 +176,10 @@ class Symmetric(Property):
     second: str
     rtol: float = 1e-4
     atol: float = 1e-6
+    at: Mapping[str, Any] = at_field()
 
     def describe(self) -> str:
-        return f"symmetric in {self.first} and {self.second}"
+        return f"symmetric in {self.first} and {self.second}{self.where()}"
 
 
 @attrs.frozen
@@ -158,16 +192,18 @@ class ScaleInvariant(Property):
     high: float = 10.0
     rtol: float = 1e-3
     atol: float = 1e-5
+    at: Mapping[str, Any] = at_field()
 
     def describe(self) -> str:
-        return f"invariant to scaling {self.tensor} by [{self.low}, {self.high}]"
+        return f"invariant to scaling {self.tensor} by [{self.low}, {self.high}]{self.where()}"
 
 
 @attrs.frozen
 class Monotone(Property):
     """The loss is non-increasing (or non-decreasing) in the parameter ``parameter``.
 
-    ``values`` are the parameter values compared, in increasing order.
+    ``values`` are the parameter values compared, in increasing order; ``at``
+    fixes other parameters (not ``parameter`` itself).
     """
 
     key = "monotone"
@@ -175,10 +211,18 @@ class Monotone(Property):
     values: tuple[Any, ...] = attrs.field(converter=tuple)
     increasing: bool = False
     atol: float = 1e-6
+    at: Mapping[str, Any] = at_field()
+
+    def __attrs_post_init__(self) -> None:
+        if self.parameter in self.at:
+            raise ValueError(
+                f"Monotone({self.parameter!r}) varies {self.parameter!r} over {self.values!r}; "
+                f"it cannot also be fixed by at={dict(self.at)!r} (at fixes the other parameters)"
+            )
 
     def describe(self) -> str:
         direction = "non-decreasing" if self.increasing else "non-increasing"
-        return f"loss is {direction} in {self.parameter}"
+        return f"loss is {direction} in {self.parameter}{self.where()}"
 
 
 @attrs.frozen
@@ -186,12 +230,14 @@ class Custom(Property):
     """A plugin's own claim: ``check(example, loss_fn)`` raises AssertionError when it fails.
 
     ``loss_fn(example)`` returns the per-sample (or scalar) loss as a NumPy array.
+    With ``at``, the examples the kit passes have those Config fields fixed.
     """
 
     key = "custom"
     name: str
     check: Callable[[Example, Callable[[Example], Any]], None]
     description: str = ""
+    at: Mapping[str, Any] = at_field()
 
     def describe(self) -> str:
-        return self.description or self.name
+        return (self.description or self.name) + self.where()

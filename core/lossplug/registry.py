@@ -101,6 +101,7 @@ class Registry:
         self._entries: dict[str, list[PluginEntry]] | None = None
         self._in_process: dict[str, PluginEntry] = {}
         self._wrappers: list[Any] = []
+        self._replaced: dict[str, list[PluginEntry]] = {}
         self._pm: pluggy.PluginManager | None = None
 
     # ------------------------------------------------------------ discovery
@@ -108,6 +109,7 @@ class Registry:
         """Forget discovered entry points (not in-process plugins); re-read on next use."""
         with self._lock:
             self._entries = None
+            self._replaced.clear()
             self._pm = None
             for entry in self._in_process.values():
                 entry.error = None
@@ -404,8 +406,10 @@ class Registry:
                 )
             if replace:
                 self._unregister_name(name)
-                for cand in self._discover().get(name, []):
+                hidden = [c for c in self._discover().get(name, []) if not c.disabled]
+                for cand in hidden:
                     cand.disabled = True
+                self._replaced.setdefault(name, []).extend(hidden)
             entry = PluginEntry(
                 name=name,
                 distribution=IN_PROCESS,
@@ -429,7 +433,8 @@ class Registry:
             if name not in self._in_process:
                 raise UnknownPluginError(f"no in-process loss plugin named {name!r} to remove")
             self._unregister_name(name)
-            self._entries = None
+            for cand in self._replaced.pop(name, []):
+                cand.disabled = False
 
     def register_wrapper(self, wrapper: Any) -> None:
         """Register an object whose ``wrapper=True`` hookimpls see every plugin call."""

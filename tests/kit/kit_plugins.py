@@ -480,6 +480,66 @@ class AsymmetricCosine(Cosine):
         )
 
 
+@attrs.frozen
+class TiltConfig:
+    scale: float = param(1.0, low=0.5, high=2.0, doc="overall factor")
+    tilt: float = param(0.0, low=0.0, high=1.0, neutral=0.0, doc="weight of the tilt term")
+
+
+class TiltedCosine(Cosine):
+    """scale * (1 - cos(a, b) - 5 tilt (1 + ||a||)): a correct plugin whose claims hold only
+    at tilt = 0 (non-negative, bounded by 2 * scale, symmetric, invariant to scaling a, zero
+    at b == a, non-decreasing in scale); claimed without ``at``, each of them is false (any
+    tilt > 0.4 makes every loss negative, whatever the embeddings)."""
+
+    name = "kit_tilted"
+    description = "cosine distance plus a tilt term (conformance-kit reference for at=)"
+    Config = TiltConfig
+
+    def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
+        a = ops.cast(outputs["a"], compute_dtype(outputs["a"]))
+        norm = ops.sqrt(ops.sum(ops.square(a), axis=-1))
+        config = extras.config
+        return config.scale * (
+            super().compute(inputs, outputs, extras) - 5.0 * config.tilt * (1.0 + norm)
+        )
+
+
+def _at_least_zero(example: Example, loss_fn: Callable[[Example], Any]) -> None:
+    loss = np.asarray(loss_fn(example))
+    assert np.all(loss >= -1e-5), f"loss {loss.tolist()} is below 0"
+
+
+def tilted_claims(**at: Any) -> tuple:
+    """One claim of every kind; each holds for TiltedCosine exactly when ``at`` fixes tilt=0."""
+    return (
+        NonNegative(atol=1e-6, at=at),
+        Bounded(0.0, 4.0, at=at),
+        Symmetric("a", "b", at=at),
+        ScaleInvariant("a", at=at),
+        ZeroAtPerfect(
+            perfect=lambda ex: ex.with_tensor("b", ex.outputs["a"]),
+            atol=1e-5,
+            description="b == a",
+            at=at,
+        ),
+        Monotone("scale", (0.5, 1.0, 2.0), increasing=True, at=at),
+        Custom("at least zero", check=_at_least_zero, at=at),
+    )
+
+
+#: check id of each claim of tilted_claims(), in order
+TILTED_CHECKS = (
+    "non_negative",
+    "bounded",
+    "symmetric",
+    "scale_invariant",
+    "zero_at_perfect",
+    "monotone",
+    "custom_at_least_zero",
+)
+
+
 def _not_perfect(example: Example) -> Example:
     return example.with_tensor("y_pred", np.zeros_like(np.asarray(example.outputs["y_pred"])))
 

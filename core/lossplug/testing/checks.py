@@ -19,7 +19,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from ..errors import LossplugError
+from ..errors import InvalidSpecError, LossplugError
 from ..properties import (
     Bounded,
     Custom,
@@ -839,53 +839,80 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "claim"
 
 
-def _any_examples(ctx: Context) -> Any:
-    return st.one_of(ctx.examples(), kst.extreme_examples(ctx.spec, config_strategy=ctx.configs()))
+def claim_config(spec: PluginSpec, claim: Property) -> Any:
+    """The Config of ``claim.at`` (other fields at their defaults), validated by ``make_config``.
+
+    Raises :class:`~lossplug.errors.InvalidSpecError` naming the plugin, the claim and
+    the field when ``at`` names an unknown field or a value the Config rejects.
+    """
+    at = dict(claim.at)
+    if not at:
+        return None
+    try:
+        return make_config(spec, at)
+    except LossplugError as exc:
+        fields = ", ".join(f"{k}={v!r}" for k, v in at.items())
+        raise InvalidSpecError(
+            f"plugin {spec.name!r}: the claim {type(claim).__name__} ({claim.describe()}) "
+            f"holds at {fields}, which the Config rejects: {exc}. Fix the claim's at={{...}} "
+            "(each key a Config field, each value valid for it)"
+        ) from None
+
+
+def examples_at(ctx: Context, claim: Property, *, extremes: bool = False) -> Any:
+    """Examples for ``claim``: typical ones (and extreme ones) with ``claim.at`` fixed.
+
+    With an author's example strategy, its examples get ``claim.at`` applied to
+    their Config; drawn configs the Config rejects with those fields are discarded.
+    """
+    at = dict(claim.at)
+    claim_config(ctx.spec, claim)
+    configs = ctx.configs(**at)
+    if ctx.example_strategy is not None:
+        typical = ctx.example_strategy
+        if at:
+            typical = typical.map(
+                lambda ex: ex.replace(config=_with_fields(ctx.spec, ex.config, at))
+            )
+    else:
+        typical = ctx.examples(custom_ok=False, config_strategy=configs)
+    if not extremes:
+        return typical
+    return st.one_of(typical, kst.extreme_examples(ctx.spec, config_strategy=configs))
 
 
 def property_check(claim: Property, check_id: str) -> Check:
-    """The check of one claimed property."""
+    """The check of one claimed property (its examples drawn with ``claim.at`` fixed)."""
     title = f"{claim.describe()}"
+
+    def typical(ctx: Context) -> Any:
+        return examples_at(ctx, claim)
+
+    def any_examples(ctx: Context) -> Any:
+        return examples_at(ctx, claim, extremes=True)
+
     if isinstance(claim, NonNegative):
-        return Check(check_id, title, _any_examples, _non_negative(claim), claim=claim)
+        return Check(check_id, title, any_examples, _non_negative(claim), claim=claim)
     if isinstance(claim, Bounded):
-        return Check(check_id, title, _any_examples, _bounded(claim), claim=claim)
+        return Check(check_id, title, any_examples, _bounded(claim), claim=claim)
     if isinstance(claim, ZeroAtPerfect):
-        return Check(
-            check_id, title, lambda ctx: ctx.examples(), _zero_at_perfect(claim), claim=claim
-        )
+        return Check(check_id, title, typical, _zero_at_perfect(claim), claim=claim)
     if isinstance(claim, ReducesTo):
-        return Check(
-            check_id,
-            title,
-            lambda ctx: (
-                ctx.examples(custom_ok=False, config_strategy=ctx.configs(**claim.at))
-                if ctx.example_strategy is None
-                else ctx.example_strategy.map(
-                    lambda ex: ex.replace(config=_with_fields(ctx.spec, ex.config, dict(claim.at)))
-                )
-            ),
-            _reduces_to(claim),
-            claim=claim,
-        )
+        return Check(check_id, title, typical, _reduces_to(claim), claim=claim)
     if isinstance(claim, Symmetric):
-        return Check(check_id, title, lambda ctx: ctx.examples(), _symmetric(claim), claim=claim)
+        return Check(check_id, title, typical, _symmetric(claim), claim=claim)
     if isinstance(claim, ScaleInvariant):
         return Check(
             check_id,
             title,
-            lambda ctx: st.tuples(
-                ctx.examples(), st.floats(claim.low, claim.high, allow_nan=False)
-            ),
+            lambda ctx: st.tuples(typical(ctx), st.floats(claim.low, claim.high, allow_nan=False)),
             _scale_invariant(claim),
             claim=claim,
         )
     if isinstance(claim, Monotone):
-        return Check(
-            check_id, title, lambda ctx: ctx.examples(), _monotone(claim), claim=claim, budget=0.5
-        )
+        return Check(check_id, title, typical, _monotone(claim), claim=claim, budget=0.5)
     if isinstance(claim, Custom):
-        return Check(check_id, title, lambda ctx: ctx.examples(), _custom(claim), claim=claim)
+        return Check(check_id, title, typical, _custom(claim), claim=claim)
     raise TypeError(f"the conformance kit cannot check properties of type {type(claim).__name__}")
 
 
@@ -1035,4 +1062,13 @@ def select(
     return [c for c in checks if c.id not in set(skip)]
 
 
-__all__ = ["Check", "Context", "checks_for", "generic_checks", "property_check", "select"]
+__all__ = [
+    "Check",
+    "Context",
+    "checks_for",
+    "claim_config",
+    "examples_at",
+    "generic_checks",
+    "property_check",
+    "select",
+]

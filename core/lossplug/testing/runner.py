@@ -11,6 +11,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import FailedHealthCheck, Unsatisfiable, UnsatisfiedAssumption
 
+from ..errors import LossplugError
 from ..properties import Example
 from . import profiles
 from .checks import Check, Context, select
@@ -73,9 +74,20 @@ def run_one(
     overrides: dict[str, Any] = {"max_examples": check.max_examples(base.max_examples)}
     if not check.shrink:
         overrides["phases"] = [p for p in base.phases if p != Phase.shrink]
-    wrapped = hypothesis_seed(seed)(settings(base, **overrides)(given(check.strategy(ctx))(test)))
     started = time.perf_counter()
     result = CheckResult(plugin=ctx.name, check=check.id, title=check.title, status=PASSED)
+    try:
+        strategy = check.strategy(ctx)
+    except LossplugError as exc:  # a malformed claim (e.g. a bad at={...}): nothing to draw
+        result.status, result.error = FAILED, exc
+        result.message = (
+            f"lossplug conformance failure: plugin {ctx.name!r}, check {check.id!r}\n"
+            f"  property: {check.title}\n"
+            f"  problem:  {exc}"
+        )
+        result.seconds = time.perf_counter() - started
+        return result
+    wrapped = hypothesis_seed(seed)(settings(base, **overrides)(given(strategy)(test)))
     try:
         with _quiet_tensorflow():
             wrapped()

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 import lossplug
-from lossplug import Kind, LossResult, PluginSpec, TensorSpec
+from lossplug import InvalidTensorError, Kind, LossResult, PluginSpec, TensorSpec
 from lossplug.properties import Custom, NonNegative, ZeroAtPerfect
 
 from . import claims
@@ -105,7 +105,7 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
     features = outputs["features"]
     feature_shape = tuple(features.shape[1:])
     if len(features.shape) < 2 or any(d is None for d in feature_shape):
-        raise ValueError(
+        raise InvalidTensorError(
             f"loss plugin {NAME!r}: features must have shape (batch, D) with a known D, got "
             f"{tuple(features.shape)}; expose a layer with a fixed output size"
         )

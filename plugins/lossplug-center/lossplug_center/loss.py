@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
-from lossplug import numerics
+from lossplug import InvalidTensorError, numerics
 
 PLUGIN = "center"
 
@@ -32,7 +32,7 @@ def class_ids(y_true: Any, num_classes: int) -> Any:
     elif len(shape) == 2 and shape[-1] == num_classes and num_classes > 1:
         y_true = ops.argmax(y_true, axis=-1)
     elif len(shape) != 1:
-        raise ValueError(
+        raise InvalidTensorError(
             f"loss plugin {PLUGIN!r}: y_true must hold class ids of shape (batch,) (or one-hot "
             f"rows of shape (batch, num_classes={num_classes})), got shape {shape}"
         )

@@ -214,9 +214,11 @@ def test_config_errors_name_plugin_field_and_rule(values, fragment):
 
 
 def test_bad_feature_and_label_shapes_are_explained():
-    with pytest.raises(ValueError, match=r"features must have shape \(batch, D\)"):
+    with pytest.raises(lossplug.InvalidTensorError, match=r"features must have shape \(batch, D\)"):
         run(np.array([0]), np.zeros((1,), np.float32))
-    with pytest.raises(ValueError, match=r"y_true must hold class ids of shape \(batch,\)"):
+    with pytest.raises(
+        lossplug.InvalidTensorError, match=r"y_true must hold class ids of shape \(batch,\)"
+    ):
         run(np.zeros((2, 3)), np.zeros((2, 4), np.float32), num_classes=10)
 
 

@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import attrs
 import keras
 import lossplug
 import lossplug_dice
@@ -16,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
-from lossplug.properties import Example
-from lossplug.testing import call_plugin, conformance_tests
+from lossplug.properties import Bounded, Example, Symmetric
+from lossplug.testing import call_plugin, check_plugin, conformance_tests
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
@@ -210,37 +211,62 @@ def test_half_precision_masks_give_a_float32_loss():
 # --------------------------------------------------------------------- spec, config, errors
 def test_spec_claims_bounds_and_symmetry_without_bce_and_zero_at_perfect():
     spec = lossplug.registry.spec("dice")
-    claims = {getattr(p, "name", p.key): p for p in spec.properties}
-    assert set(claims) == {"bounded_without_bce", "symmetric_without_bce", "zero_at_perfect"}
+    claims = {p.key: p for p in spec.properties}
+    assert set(claims) == {"bounded", "symmetric", "zero_at_perfect"}
+    assert isinstance(claims["bounded"], Bounded)
+    assert (claims["bounded"].low, claims["bounded"].high) == (0.0, 1.0)
+    assert isinstance(claims["symmetric"], Symmetric)
+    assert {claims["symmetric"].first, claims["symmetric"].second} == {"y_true", "y_pred"}
+    # bounds and symmetry are claimed at bce_weight=0 only; zero at perfect for every config
+    assert claims["bounded"].at == claims["symmetric"].at == {"bce_weight": 0.0}
+    assert claims["zero_at_perfect"].at == {}
+    assert claims["bounded"].describe() == "0.0 <= loss <= 1.0 at bce_weight=0.0"
+    # ... because with the BCE term the bound does not hold, nor the symmetry:
+    saturated_true, saturated_pred = (
+        np.ones((1, 2, 2, 1), "float32"),
+        np.zeros((1, 2, 2, 1), "float32"),
+    )
+    assert call(saturated_true, saturated_pred, bce_weight=1.0)[0] > 1.0
+    assert call(saturated_true, saturated_pred)[0] <= 1.0
     rng = np.random.default_rng(0)
     soft = rng.uniform(size=(2, 3, 3, 2)).astype("float32")
+    other = soft[::-1].copy()
+    assert not np.allclose(call(soft, other, bce_weight=1.0), call(other, soft, bce_weight=1.0))
+    np.testing.assert_allclose(call(soft, other), call(other, soft), rtol=1e-6)
     config = spec.make_config({"bce_weight": 1.0})
-    example = Example({"y_true": soft}, {"y_pred": soft[::-1].copy()}, config)
-
-    def loss_fn(ex):
-        values = {f: getattr(ex.config, f) for f in ("smooth", "bce_weight")}
-        return call(ex.inputs["y_true"], ex.outputs["y_pred"], **values)
-
-    # the custom claims evaluate at bce_weight=0, where they hold ...
-    claims["bounded_without_bce"].check(example, loss_fn)
-    claims["symmetric_without_bce"].check(example, loss_fn)
-    # ... and they do fail where they do not hold
-    saturated = Example(
-        {"y_true": np.ones((1, 2, 2, 1), "float32")},
-        {"y_pred": np.zeros((1, 2, 2, 1), "float32")},
-        config,
+    perfect = claims["zero_at_perfect"].perfect(
+        Example({"y_true": soft}, {"y_pred": other}, config)
     )
-    assert loss_fn(saturated)[0] > 1.0  # with the BCE term the bound does not hold ...
-    claims["bounded_without_bce"].check(saturated, loss_fn)  # ... without it, it does
-    with pytest.raises(AssertionError, match="outside"):  # and a broken loss is caught
-        claims["bounded_without_bce"].check(example, lambda ex: loss_fn(ex) + 1.0)
-    with pytest.raises(AssertionError, match="swapping"):
-        claims["symmetric_without_bce"].check(
-            example, lambda ex: loss_fn(ex) + ex.inputs["y_true"][0].sum()
-        )
-    perfect = claims["zero_at_perfect"].perfect(example)
     assert set(np.unique(perfect.inputs["y_true"])) <= {0.0, 1.0}
-    np.testing.assert_array_equal(loss_fn(perfect), 0.0)
+    np.testing.assert_array_equal(
+        call(perfect.inputs["y_true"], perfect.outputs["y_pred"], bce_weight=1.0), 0.0
+    )
+
+
+class _UnrestrictedDice:
+    """dice with its bounds and symmetry claimed at every config (no at=): false claims."""
+
+    def __init__(self, spec):
+        properties = (Bounded(0.0, 1.0), Symmetric("y_true", "y_pred", rtol=1e-5))
+        self.spec = attrs.evolve(spec, name="dice_unrestricted", properties=properties)
+
+    @lossplug.hookimpl
+    def lossplug_spec(self):
+        return self.spec
+
+    @lossplug.hookimpl
+    def build_loss_graph(self, inputs, outputs, extras):
+        return lossplug_dice.build_loss_graph(inputs, outputs, extras)
+
+
+def test_the_claims_need_their_at():
+    lossplug.register(_UnrestrictedDice(lossplug.registry.spec("dice")))
+    try:
+        report = check_plugin("dice_unrestricted", only=["bounded", "symmetric"])
+    finally:
+        lossplug.unregister("dice_unrestricted")
+    assert [r.status for r in report.results] == ["failed", "failed"], str(report)
+    assert all(r.example.config.bce_weight > 0.0 for r in report.results)
 
 
 @pytest.mark.parametrize(

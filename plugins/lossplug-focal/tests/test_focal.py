@@ -305,7 +305,7 @@ def test_out_of_range_class_ids_fail_loudly():
 
 
 def test_mismatched_target_shape_is_explained():
-    with pytest.raises(ValueError, match=r"focal.*y_true has shape \(2, 3\)"):
+    with pytest.raises(lossplug.InvalidTensorError, match=r"focal.*y_true has shape \(2, 3\)"):
         run(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32))
 
 

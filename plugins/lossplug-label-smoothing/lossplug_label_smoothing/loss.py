@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import InvalidTensorError
 from lossplug.numerics import categorical_log_probabilities, compute_dtype, one_hot_targets
 
 PLUGIN = "label_smoothing"
@@ -31,7 +32,7 @@ def smoothed_targets(
     """q = (1 - epsilon) * t + epsilon / C, with t one-hot if ``y_true`` holds class ids."""
     num_classes = y_pred_shape[-1]
     if num_classes is None:
-        raise ValueError(
+        raise InvalidTensorError(
             f"loss plugin {PLUGIN!r}: the class axis (last axis) of y_pred must have a static "
             f"size, got shape {tuple(y_pred_shape)}"
         )

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 from lossplug.properties import Example
 from lossplug.testing import call_plugin, conformance_tests
 from lossplug_label_smoothing import claims
-from lossplug_label_smoothing.loss import label_smoothing_crossentropy
+from lossplug_label_smoothing.loss import label_smoothing_crossentropy, smoothed_targets
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
@@ -221,8 +221,17 @@ def test_out_of_range_class_ids_fail_loudly():
 
 
 def test_mismatched_target_shape_is_explained():
-    with pytest.raises(ValueError, match=r"y_true has shape \(2, 3\) but y_pred has shape"):
+    with pytest.raises(
+        lossplug.InvalidTensorError, match=r"y_true has shape \(2, 3\) but y_pred has shape"
+    ):
         run(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32))
+
+
+def test_an_unknown_class_axis_is_explained():
+    with pytest.raises(
+        lossplug.InvalidTensorError, match=r"label_smoothing.*static size.*\(None, None\)"
+    ):
+        smoothed_targets(np.array([0, 1]), (None, None), 0.1)
 
 
 def test_registered_by_entry_point():

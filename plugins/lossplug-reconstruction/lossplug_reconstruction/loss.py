@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import InvalidTensorError
 from lossplug.numerics import clipped_binary_probabilities, compute_dtype, reduce_trailing
 
 PLUGIN = "reconstruction"
@@ -30,7 +31,7 @@ def reconstruction_loss(x: Any, reconstruction: Any, kind: str = "mse") -> Any:
     x = ops.cast(x, dtype)
     r = ops.cast(reconstruction, dtype)
     if tuple(x.shape[1:]) != tuple(r.shape[1:]) and None not in (*x.shape[1:], *r.shape[1:]):
-        raise ValueError(
+        raise InvalidTensorError(
             f"loss plugin {PLUGIN!r}: the input x has shape {tuple(x.shape)} but the "
             f"reconstruction y_pred has shape {tuple(r.shape)}; they must match (bind the "
             "plugin's 'x' and 'y_pred' to tensors of the same shape)"

@@ -150,7 +150,9 @@ def test_config_errors_name_plugin_field_and_rule(values, fragment):
 
 
 def test_shape_mismatch_is_explained():
-    with pytest.raises(ValueError, match=r"input x has shape \(2, 4\) but the reconstruction"):
+    with pytest.raises(
+        lossplug.InvalidTensorError, match=r"input x has shape \(2, 4\) but the reconstruction"
+    ):
         run(np.zeros((2, 4), np.float32), np.zeros((2, 5), np.float32))
 
 

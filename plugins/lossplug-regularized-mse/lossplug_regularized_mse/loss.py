@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import InvalidTensorError
 from lossplug.numerics import compute_dtype
 
 PLUGIN = "regularized_mse"
@@ -26,7 +27,7 @@ def regularized_mse(y_true: Any, y_pred: Any, factor: float = 0.1) -> Any:
     if len(y_true.shape) == len(y_pred.shape) - 1:
         y_true = ops.expand_dims(y_true, -1)  # (B,) targets for a (B, 1) output, as Keras does
     if len(y_true.shape) != len(y_pred.shape):
-        raise ValueError(
+        raise InvalidTensorError(
             f"loss plugin {PLUGIN!r}: y_true has shape {tuple(y_true.shape)} but y_pred has "
             f"shape {tuple(y_pred.shape)}; pass targets of y_pred's shape"
         )

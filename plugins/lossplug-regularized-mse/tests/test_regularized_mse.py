@@ -128,7 +128,9 @@ def test_config_errors_name_plugin_field_and_rule(values, fragment):
 
 
 def test_shape_mismatch_is_explained():
-    with pytest.raises(ValueError, match="regularized_mse.*pass targets of y_pred's shape"):
+    with pytest.raises(
+        lossplug.InvalidTensorError, match="regularized_mse.*pass targets of y_pred's shape"
+    ):
         run(np.zeros((2,), np.float32), np.zeros((2, 3, 4), np.float32))
 
 

@@ -162,11 +162,14 @@ SPEC = PluginSpec(
             description="embeddings where every negative is farther than every positive by "
             "more than the margin",
         ),
+        # Not ScaleInvariant: that multiplies one whole tensor by one factor; this rescales
+        # every embedding row by its own factor, in all the embedding tensors of the mode.
         Custom(
             "cosine_scale_invariance",
             check=check_cosine_scale_invariance,
-            description="with metric='cosine', rescaling each embedding by a positive factor "
-            "in [0.1, 10] leaves the loss unchanged",
+            description="rescaling each embedding by its own positive factor in [0.1, 10] "
+            "leaves the loss unchanged",
+            at={"metric": "cosine"},
         ),
     ),
     batch_coupled=True,

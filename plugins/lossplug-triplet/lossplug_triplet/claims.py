@@ -2,7 +2,9 @@
 
 - :func:`perfect_example`: embeddings where every triplet's hinge is zero.
 - :func:`check_cosine_scale_invariance`: with the cosine metric, multiplying
-  any embedding by a positive factor leaves the loss unchanged.
+  any embedding by a positive factor leaves the loss unchanged. The spec claims
+  it with ``at={"metric": "cosine"}``, so the kit passes cosine configs; called
+  directly with another metric, the check switches the example to cosine itself.
 """
 
 from __future__ import annotations
