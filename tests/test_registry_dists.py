@@ -183,7 +183,9 @@ def test_in_process_replacement_and_unregister_restore_the_installed_plugin(site
         site,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "ERR cannot register loss plugin 't_good': the name is already provided by" in proc.stdout
+    assert (
+        "ERR cannot register loss plugin 't_good': the name is already provided by" in proc.stdout
+    )
     assert "NOW replacement" in proc.stdout
     assert "BACK a good test loss lossplug-t-good" in proc.stdout
 
