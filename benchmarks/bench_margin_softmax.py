@@ -34,32 +34,11 @@ import subprocess
 import sys
 import time
 
+from peak_memory import peak_rss, reset_peak_rss
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 BATCH, DIM, SCALE, MARGIN = 256, 128, 64.0, 0.5
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    raise KeyError(key)
-
-
-def reset_peak_rss() -> float:
-    """Reset the kernel's peak-RSS mark (Linux >= 4.0) and return the current RSS in MB.
-
-    Without this, a peak reached while preparing the data would hide the pass's own.
-    """
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    return _status_mb("VmRSS")
-
-
-def peak_rss() -> float:
-    """The peak RSS (MB) since the last :func:`reset_peak_rss`."""
-    return _status_mb("VmHWM")
 
 
 def naive_loss(tf, features, labels, weights):

@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 
+from peak_memory import peak_rss, reset_peak_rss
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DIM = 128
@@ -46,29 +48,6 @@ PER_CLASS = 4
 MARGIN = 0.5
 STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
 CUBIC = {"batch_all", "semi_hard"}
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    raise KeyError(key)
-
-
-def reset_peak_rss() -> float:
-    """Reset the kernel's peak-RSS mark (Linux >= 4.0) and return the current RSS in MB.
-
-    Without this, a peak reached while preparing the data would hide the pass's own.
-    """
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    return _status_mb("VmRSS")
-
-
-def peak_rss() -> float:
-    """The peak RSS (MB) since the last :func:`reset_peak_rss`."""
-    return _status_mb("VmHWM")
 
 
 # ----------------------------------------------------------------------------- implementations
