@@ -41,6 +41,7 @@ from .schedules import Schedule
 from .specs import Kind, Source
 from .terms import (
     Term,
+    TermOutput,
     as_term,
     call_plugin,
     reduce_per_sample,
@@ -460,6 +461,12 @@ class LossModel(keras.Model):
             inputs.setdefault("x", inputs[input_names[0]])
         output_names = _flat_output_names(self)
         outputs: dict[str, Any] = dict(zip(output_names, keras.tree.flatten(y_pred), strict=True))
+        # The output whose target and prediction this term sees as y_true / y_pred.
+        own = (
+            b.output
+            if b.output is not None
+            else (output_names[0] if len(output_names) == 1 else None)
+        )
         if y is not None:
             if isinstance(y, Mapping):
                 targets = dict(y)
@@ -470,20 +477,10 @@ class LossModel(keras.Model):
                 targets = dict(zip(output_names, keras.tree.flatten(y), strict=False))
             for name, value in targets.items():
                 inputs.setdefault(name, value)
-            target_name = (
-                b.output
-                if b.output is not None
-                else (output_names[0] if len(output_names) == 1 else None)
-            )
-            if target_name is not None and target_name in targets:
-                inputs["y_true"] = targets[target_name]
-        pred_name = (
-            b.output
-            if b.output is not None
-            else (output_names[0] if len(output_names) == 1 else None)
-        )
-        if pred_name is not None:
-            outputs["y_pred"] = outputs[pred_name]
+            if own is not None and own in targets:
+                inputs["y_true"] = targets[own]
+        if own is not None:
+            outputs["y_pred"] = outputs[own]
         outputs.update(exposed)
         return inputs, outputs
 
@@ -534,8 +531,6 @@ class LossModel(keras.Model):
             values = (
                 fn.call(y_true, pred) if isinstance(fn, keras.losses.Loss) else fn(y_true, pred)
             )
-            from .terms import TermOutput
-
             return TermOutput(
                 loss=ops.cast(values, "float32"), per_sample=len(values.shape) > 0, metrics={}
             )
