@@ -358,3 +358,19 @@ def test_recompile_with_renamed_term_drops_old_state(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+
+
+def test_fit_keeps_user_callbacks_given_by_keyword_or_position():
+    x, y = make_data(n=32)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    model = make_model(expose=())
+    model.compile(loss=lossplug.use("toy_epoch"))
+    h1 = model.fit(x, y, epochs=2, verbose=0, callbacks=[Record()]).history
+    h2 = model.fit(x, y, 32, 2, 0, [Record()]).history  # positional, as Keras allows
+    assert seen == [0, 1, 0, 1]
+    assert h1["toy_epoch"] == pytest.approx([0.0, 1.0]) == h2["toy_epoch"]

@@ -52,6 +52,11 @@ from .terms import (
 PROBE_BATCH = 2
 
 
+#: Index of ``callbacks`` among ``keras.Model.fit``'s positional parameters
+#: (x, y, batch_size, epochs, verbose, callbacks, ...).
+_FIT_CALLBACKS_POSITION = 5
+
+
 class _Hidden:
     """Holds an object out of reach of Keras' attribute tracking."""
 
@@ -623,10 +628,16 @@ class LossModel(keras.Model):
         return base + extra
 
     # ------------------------------------------------------------------ fit
-    def fit(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
-        callbacks = list(callbacks or [])
-        callbacks.append(_TermCallback(self))
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+    def fit(self, *args: Any, **kwargs: Any) -> Any:
+        """Keras' ``fit``, plus a callback that feeds the epoch to the terms (see the module)."""
+        term_callback = _TermCallback(self)
+        if len(args) > _FIT_CALLBACKS_POSITION:  # callbacks given positionally
+            args = list(args)
+            given = args[_FIT_CALLBACKS_POSITION]
+            args[_FIT_CALLBACKS_POSITION] = [*(given or []), term_callback]
+        else:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), term_callback]
+        return super().fit(*args, **kwargs)
 
     # ------------------------------------------------------------------ save
     def get_compile_config(self) -> dict[str, Any] | None:
