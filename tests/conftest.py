@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keep the registry's load-failure memory out of the user's cache during tests.
+os.environ.setdefault("LOSSPLUG_CACHE_DIR", tempfile.mkdtemp(prefix="lossplug-cache-"))
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 

@@ -93,6 +93,28 @@ def test_list_load_reports_broken_plugin_and_others_still_work(site):
     assert "API version 99" in rows["t_oldapi"]["detail"]
 
 
+def test_listing_remembers_a_load_failure_seen_on_use(site, tmp_path):
+    env = {"LOSSPLUG_CACHE_DIR": str(tmp_path)}
+    assert list_json(site, env)[("t_broken", "lossplug-t-broken")]["status"] == "available"
+    error_on_use(site, "t_broken", "PluginLoadError", env)
+    row = list_json(site, env)[("t_broken", "lossplug-t-broken")]
+    assert row["status"] == "failed"
+    assert "failed to load when last used" in row["detail"]
+    assert "not_a_real_module_xyz" in row["detail"] and "lossplug list --load" in row["detail"]
+    # Still metadata only: the listing imported nothing to know this.
+    proc = run_python(
+        """
+        import sys, io, contextlib, lossplug.cli
+        with contextlib.redirect_stdout(io.StringIO()):
+            lossplug.cli.main(['list'])
+        print(sorted(m for m in sys.modules if m.startswith('lossplug_t_')))
+        """,
+        site,
+        env,
+    )
+    assert proc.stdout.strip() == "[]"
+
+
 def test_broken_plugin_error_on_use(site):
     proc = run_python(
         """

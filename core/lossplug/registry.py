@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import pluggy
 
-from . import hookspecs
+from . import failures, hookspecs
 from ._version import API_VERSION
 from .errors import (
     APIVersionError,
@@ -67,6 +67,7 @@ class PluginEntry:
     obj: Any = None  #: the plugin object once imported (or registered in-process)
     spec: PluginSpec | None = None
     error: LossplugError | None = None
+    remembered_ok: bool = False  #: its load-failure memory was cleared in this process
 
     @property
     def qualified_name(self) -> str:
@@ -75,6 +76,13 @@ class PluginEntry:
     @property
     def loaded(self) -> bool:
         return self.spec is not None
+
+    @property
+    def failure_key(self) -> str | None:
+        """Key of this entry in the load-failure memory (installed plugins only)."""
+        if self.entry_point is None:
+            return None
+        return failures.key(self.distribution, self.version, self.name)
 
 
 @attrs.frozen
@@ -159,6 +167,7 @@ class Registry:
         """Rows for ``lossplug list``. With ``load=True`` each plugin is imported."""
         rows: list[PluginStatus] = []
         discovered = self._discover()
+        remembered = failures.read()
         for name in sorted(set(discovered) | set(self._in_process)):
             candidates = list(discovered.get(name, []))
             if name in self._in_process:
@@ -175,10 +184,16 @@ class Registry:
                     if load:
                         with contextlib.suppress(LossplugError):
                             self._load_entry(cand)
+                    last = remembered.get(cand.failure_key) if cand.failure_key else None
                     if cand.error is not None:
                         status, detail = "failed", str(cand.error)
                     elif cand.loaded:
                         status = "loaded"
+                    elif last is not None:
+                        status = "failed"
+                        detail = (
+                            f"failed to load when last used: {last} (recheck: lossplug list --load)"
+                        )
                 description = cand.summary
                 if cand.spec is not None:
                     description = cand.spec.description
@@ -272,6 +287,17 @@ class Registry:
         return self._pm
 
     def _load_entry(self, entry: PluginEntry) -> None:
+        try:
+            self._load_entry_once(entry)
+        except LossplugError as exc:
+            if entry.failure_key:
+                failures.record(entry.failure_key, str(exc))
+            raise
+        if entry.failure_key and not entry.remembered_ok:
+            failures.forget(entry.failure_key)
+            entry.remembered_ok = True
+
+    def _load_entry_once(self, entry: PluginEntry) -> None:
         with self._lock:
             if entry.error is not None:
                 raise entry.error
