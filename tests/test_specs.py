@@ -116,3 +116,10 @@ def test_tuple_fields_round_trip_through_json_lists():
     assert make_config(s, {"sizes": [3, 4]}) == WithTuple(sizes=(3, 4))
     with pytest.raises(lossplug.PluginConfigError, match="must be tuple, got str"):
         make_config(s, {"sizes": "34"})
+
+
+def test_spec_looks_up_its_tensors_by_name():
+    s = spec()
+    assert s.tensor("y_pred").kind == Kind.LOGITS
+    with pytest.raises(KeyError):
+        s.tensor("features")

@@ -24,7 +24,6 @@ import os
 import re
 import threading
 import traceback
-from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -474,13 +473,6 @@ class Registry:
             self._wrappers.remove(wrapper)
             if self._pm is not None and self._pm.is_registered(wrapper):
                 self._pm.unregister(wrapper)
-
-    def loaded_specs(self) -> Iterable[PluginSpec]:
-        for name in self.names():
-            try:
-                yield self.spec(name)
-            except LossplugError:
-                continue
 
 
 #: The process-wide registry used by ``compile``, ``lossplug.get`` and the CLI.
