@@ -42,11 +42,14 @@ elif mode == "mirrored":
 else:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
+steps_per_execution = int(os.environ.get("LOSSPLUG_STEPS_PER_EXECUTION", "1"))
 if os.environ.get("LOSSPLUG_PLAIN_KERAS"):
     # Upstream canary: the same training with a plain keras.Sequential.
     with strategy.scope():
         plain = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3)])
-        plain.compile("sgd", loss="sparse_categorical_crossentropy")
+        plain.compile(
+            "sgd", loss="sparse_categorical_crossentropy", steps_per_execution=steps_per_execution
+        )
     plain.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0)
     print("DONE plain")
     sys.exit(0)
@@ -65,6 +68,7 @@ with strategy.scope():
             # Scalar and batch-coupled, mined over the global batch.
             lossplug.use("toy_spread", weight=0.3, global_batch=True),
         ],
+        steps_per_execution=steps_per_execution,
     )
 
 dataset = tf.data.Dataset.from_tensor_slices((x, y, sample_weight)).batch(GLOBAL_BATCH)
@@ -72,7 +76,19 @@ if mode == "multiworker":
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = dataset.with_options(options)
-history = model.fit(dataset, epochs=2, verbose=0)
+history = model.fit(dataset, epochs=2, verbose=0, validation_data=dataset)
+evaluated = model.evaluate(dataset, verbose=0, return_dict=True)
+predictions = model.predict(x, batch_size=GLOBAL_BATCH, verbose=0)
+# Each process saves its own copy and loads it back (outside the strategy).
+saved = out_path[: -len(".npz")] + ".keras"
+model.save(saved)
+restored = keras.models.load_model(saved)
+np.testing.assert_allclose(restored.predict(x, verbose=0), predictions, rtol=1e-5, atol=1e-6)
+assert [w.path for w in restored.weights] == [w.path for w in model.weights]
+for loaded, trained in zip(restored.weights, model.weights):  # incl. the plugin's centres
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded), keras.ops.convert_to_numpy(trained)
+    )
 weights = {w.path.replace("/", "__"): keras.ops.convert_to_numpy(w) for w in model.weights}
 np.savez(
     out_path,
@@ -80,6 +96,10 @@ np.savez(
     toy_ce=np.array(history.history["toy_ce"]),
     toy_center=np.array(history.history["toy_center"]),
     toy_spread=np.array(history.history["toy_spread"]),
+    val_loss=np.array(history.history["val_loss"]),
+    val_toy_center=np.array(history.history["val_toy_center"]),
+    evaluated=np.array([evaluated[k] for k in sorted(evaluated)]),
+    predictions=predictions,
     replicas=np.array(strategy.num_replicas_in_sync),
     **weights,
 )

@@ -43,6 +43,20 @@ def single(tmp_path_factory):
     return dict(np.load(out))
 
 
+#: What each run logs: the loss, every term (incl. a scalar one mined over the global
+#: batch), validation, evaluate() and predict().
+LOGGED = (
+    "loss",
+    "toy_ce",
+    "toy_center",
+    "toy_spread",
+    "val_loss",
+    "val_toy_center",
+    "evaluated",
+    "predictions",
+)
+
+
 def weight_keys(result):
     return [k for k in result if "__" in k]
 
@@ -56,11 +70,34 @@ def test_mirrored_matches_single_device(single, tmp_path):
     # 12 steps match one device on the same global batch.
     # toy_spread is a scalar over the batch gathered from both replicas: neither over-
     # nor under-counted, in the loss, the logged value or the gradients.
-    for key in ("loss", "toy_ce", "toy_center", "toy_spread"):
-        np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6)
+    for key in LOGGED:
+        np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6, err_msg=key)
     assert any(k.endswith("centers") for k in weight_keys(single))
     for key in weight_keys(single):
         np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_mirrored_refuses_several_steps_per_execution(tmp_path):
+    # Keras 3 cannot run steps_per_execution > 1 across replicas (canary below): a clear
+    # error at compile time instead of a TensorFlow graph error in the first step.
+    proc = run("mirrored", tmp_path / "spe.npz", {"LOSSPLUG_STEPS_PER_EXECUTION": "3"})
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert (
+        "CompileError: compile(steps_per_execution=3) under MirroredStrategy with 2 replicas"
+        in stderr
+    )
+    assert "keras-team/keras#19246" in stderr and "steps_per_execution=1" in stderr
+
+
+def test_upstream_plain_keras_mirrored_steps_per_execution_still_broken(tmp_path):
+    """Canary for keras-team/keras#19246: when this fails, Keras is fixed; then drop
+    lossplug.model._check_steps_per_execution and the test above."""
+    env = {"LOSSPLUG_PLAIN_KERAS": "1", "LOSSPLUG_STEPS_PER_EXECUTION": "3"}
+    proc = run("mirrored", tmp_path / "plain.npz", env)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "You must feed a value for placeholder tensor" in stderr
 
 
 def free_port() -> int:
@@ -69,40 +106,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_two_workers(tmp_path, extra_env=None):
+def start_two_workers(tmp_path, extra_env=None) -> list[tuple[subprocess.Popen, Path]]:
+    """Two worker processes of one MultiWorkerMirroredStrategy cluster on 127.0.0.1."""
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    procs, outs = [], []
+    started = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         out = tmp_path / f"worker{index}.npz"
-        outs.append(out)
         env = {"TF_CONFIG": json.dumps(config), **(extra_env or {})}
-        procs.append(run("multiworker", out, env))
-    for proc in procs:
-        finish(proc)
-    return outs
+        started.append((run("multiworker", out, env), out))
+    return started
 
 
-UPSTREAM = (
-    "Keras 3.15's TensorFlow trainer cannot fit any model under "
-    "MultiWorkerMirroredStrategy (strategy.reduce receives a PerReplica structure); "
-    "see docs/decisions.md. strict: this starts failing once Keras is fixed."
-)
+def test_upstream_plain_keras_multi_worker_fit_still_broken(tmp_path):
+    """Canary for tensorflow/tensorflow#72388: a plain Keras model cannot fit under
+    MultiWorkerMirroredStrategy. When this fails, Keras is fixed; then remove
+    lossplug.multi_worker and LossModel's three overrides that use it."""
+    for proc, _ in start_two_workers(tmp_path, {"LOSSPLUG_PLAIN_KERAS": "1"}):
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode != 0
+        assert (
+            "with an unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>)"
+            in stderr
+        )
 
 
-@pytest.mark.xfail(strict=True, reason=UPSTREAM)
-def test_upstream_plain_keras_multi_worker_fit(tmp_path):
-    run_two_workers(tmp_path, {"LOSSPLUG_PLAIN_KERAS": "1"})
-
-
-@pytest.mark.xfail(strict=True, reason=UPSTREAM)
 def test_multi_worker_trains_and_workers_agree(single, tmp_path):
-    outs = run_two_workers(tmp_path)
-    first, second = (dict(np.load(o)) for o in outs)
+    started = start_two_workers(tmp_path)
+    for proc, _ in started:
+        finish(proc)
+    first, second = (dict(np.load(out)) for _, out in started)
     assert int(first["replicas"]) == 2
-    for key in weight_keys(first):
+    for key in [*weight_keys(first), *LOGGED]:
         np.testing.assert_allclose(first[key], second[key], rtol=1e-6, err_msg=key)
     assert np.all(np.isfinite(first["loss"])) and first["loss"][-1] < first["loss"][0]
-    # Each worker sees half of every global batch: the same data and updates as one device.
+    # Each worker sees half of every global batch: the same data, updates, logged
+    # terms (incl. the scalar one mined over both workers) as one device.
+    for key in LOGGED:
+        np.testing.assert_allclose(first[key], single[key], rtol=1e-4, atol=1e-6, err_msg=key)
     for key in weight_keys(single):
         np.testing.assert_allclose(first[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)

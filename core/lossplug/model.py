@@ -36,6 +36,7 @@ from .errors import (
     PluginResultError,
 )
 from .extras import Extras, StateStore
+from .multi_worker import first_local_batch, in_multi_worker_mode, logs_for_replica_mean
 from .registry import registry
 from .schedules import Schedule
 from .specs import Kind, Source
@@ -268,6 +269,7 @@ class LossModel(keras.Model):
         without the batch axis, so plugins can be bound to them
         (``bind={"y_true": "mask"}``) and checked at compile time.
         """
+        _check_steps_per_execution(steps_per_execution, self.distribute_strategy)
         extra_targets = _parse_targets(targets, _flat_output_names(self))
         bound = self._bind_terms(loss, loss_weights)
         super().compile(
@@ -639,6 +641,28 @@ class LossModel(keras.Model):
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), term_callback]
         return super().fit(*args, **kwargs)
 
+    # ------------------------------------------------------------------ multi-worker
+    # Keras 3's TensorFlow trainer fails under a multi-worker collective strategy for
+    # any model; see lossplug.multi_worker. These three overrides are inert otherwise.
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        strategy = self.distribute_strategy
+        if iterator is not None and data_batch is None and in_multi_worker_mode(strategy):
+            data_batch = first_local_batch(strategy, iterator)
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data: Any) -> Any:
+        logs = super().train_step(data)
+        if in_multi_worker_mode(self.distribute_strategy):
+            logs = logs_for_replica_mean(logs)
+        return logs
+
+    def test_step(self, data: Any) -> Any:
+        logs = super().test_step(data)
+        if in_multi_worker_mode(self.distribute_strategy):
+            logs = logs_for_replica_mean(logs)
+        return logs
+
     # ------------------------------------------------------------------ save
     def get_compile_config(self) -> dict[str, Any] | None:
         config = super().get_compile_config()
@@ -659,6 +683,26 @@ class LossModel(keras.Model):
         self.compile(**config)
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)
+
+
+def _check_steps_per_execution(steps_per_execution: int, strategy: Any) -> None:
+    """Refuse what Keras 3.15 cannot run, before it fails with a TensorFlow graph error.
+
+    Keras' TensorFlow trainer runs ``steps_per_execution > 1`` steps in a
+    ``tf.while_loop`` whose conditional branches cannot hold a cross-replica step
+    (keras-team/keras#19246): with two or more replicas even a plain Keras model
+    fails with "You must feed a value for placeholder tensor". tests/test_distribute.py
+    keeps a canary that turns red when Keras is fixed.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if steps_per_execution > 1 and replicas > 1:
+        raise CompileError(
+            f"compile(steps_per_execution={steps_per_execution}) under "
+            f"{type(strategy).__name__} with {replicas} replicas: Keras 3 cannot run several "
+            "steps per execution across replicas (keras-team/keras#19246; a plain Keras "
+            "model fails too). Use steps_per_execution=1 with a strategy, or train "
+            "without the strategy."
+        )
 
 
 def _parse_targets(targets: Mapping[str, Any] | None, outputs: list[str]) -> dict[str, Any]:
