@@ -121,7 +121,7 @@ def start_two_workers(tmp_path, extra_env=None) -> list[tuple[subprocess.Popen, 
 def test_upstream_plain_keras_multi_worker_fit_still_broken(tmp_path):
     """Canary for tensorflow/tensorflow#72388: a plain Keras model cannot fit under
     MultiWorkerMirroredStrategy. When this fails, Keras is fixed; then remove
-    lossplug.multi_worker and LossModel's three overrides that use it."""
+    lossplug._multi_worker and LossModel's three overrides that use it."""
     for proc, _ in start_two_workers(tmp_path, {"LOSSPLUG_PLAIN_KERAS": "1"}):
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode != 0

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ._multi_worker import first_local_batch, in_multi_worker_mode, logs_for_replica_mean
 from .errors import (
     CompileError,
     LossplugError,
@@ -36,7 +37,6 @@ from .errors import (
     PluginResultError,
 )
 from .extras import Extras, StateStore
-from .multi_worker import first_local_batch, in_multi_worker_mode, logs_for_replica_mean
 from .registry import registry
 from .schedules import Schedule
 from .specs import Kind, Source
@@ -643,7 +643,7 @@ class LossModel(keras.Model):
 
     # ------------------------------------------------------------------ multi-worker
     # Keras 3's TensorFlow trainer fails under a multi-worker collective strategy for
-    # any model; see lossplug.multi_worker. These three overrides are inert otherwise.
+    # any model; see lossplug._multi_worker. These three overrides are inert otherwise.
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
         strategy = self.distribute_strategy
         if iterator is not None and data_batch is None and in_multi_worker_mode(strategy):
