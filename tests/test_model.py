@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import keras
 import lossplug
 import numpy as np
@@ -374,3 +378,44 @@ def test_fit_keeps_user_callbacks_given_by_keyword_or_position():
     h2 = model.fit(x, y, 32, 2, 0, [Record()]).history  # positional, as Keras allows
     assert seen == [0, 1, 0, 1]
     assert h1["toy_epoch"] == pytest.approx([0.0, 1.0]) == h2["toy_epoch"]
+
+
+def test_serving_artifacts_carry_no_loss_machinery(tmp_path):
+    """``inference_model()`` and ``export`` serve the outputs without lossplug or plugins."""
+    x, y = make_data()
+    model = make_model()
+    model.compile("adam", loss=["toy_ce", lossplug.use("toy_center", num_classes=4)])
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    expected = model.predict(x, verbose=0)
+
+    serving = model.inference_model()
+    assert not isinstance(serving, lossplug.LossModel)
+    assert {w.path for w in serving.weights} < {w.path for w in model.weights}  # no centres
+    serving.save(tmp_path / "serving.keras")
+    model.export(tmp_path / "saved_model", verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", expected)
+
+    # A fresh interpreter with lossplug's entry points disabled and the toy plugins
+    # (registered in-process here) absent loads and serves both artifacts.
+    script = f"""
+import numpy as np, keras, tensorflow as tf
+x = np.load({str(tmp_path / "x.npy")!r}); expected = np.load({str(tmp_path / "expected.npy")!r})
+served = keras.models.load_model({str(tmp_path / "serving.keras")!r}).predict(x, verbose=0)
+np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+reloaded = tf.saved_model.load({str(tmp_path / "saved_model")!r})
+exported = reloaded.serve(x).numpy()
+np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-6)
+import sys
+assert not any(name == "lossplug" or name.startswith("lossplug.") for name in sys.modules)
+print("SERVED")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LOSSPLUG_DISABLE_AUTOLOAD": "1", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SERVED" in done.stdout
