@@ -4,9 +4,10 @@ Both models compute the same thing: sparse cross-entropy on the logits plus
 0.2 * center loss on an intermediate layer with trainable centres. The
 hand-written one is the best Keras 3 recipe: a functional model whose
 ``compute_loss`` override reads the intermediate layer from a second output.
-Both run in one process, interleaved, so the ratio is robust to machine noise.
+Both run in one process and take turns step by step, so the ratio is robust to
+machine noise; the quartiles of the per-round ratios show what noise remains.
 
-    python benchmarks/bench_train_step.py            # full run (~2 minutes)
+    python benchmarks/bench_train_step.py            # full run (~3 minutes)
     python benchmarks/bench_train_step.py --quick    # a smoke run
 """
 
@@ -78,13 +79,10 @@ def build(kind: str, jit: bool):
     return model
 
 
-def time_steps(model, x, y, steps: int) -> list[float]:
-    times = []
+def warm_up(model, x, y, steps: int = 5) -> None:
+    """Trace the train function and run a few steps."""
     for i in range(steps):
-        start = time.perf_counter()
         model.train_on_batch(x[i % len(x)], y[i % len(y)])
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -92,8 +90,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
-    rounds = args.rounds or (3 if args.quick else 15)
-    steps = 20 if args.quick else 60
+    rounds = args.rounds or (4 if args.quick else 20)
+    steps = 20 if args.quick else 100
     lossplug.register(toy_plugins.SparseCE())
     lossplug.register(toy_plugins.ToyCenter())
     rng = np.random.default_rng(0)
@@ -103,18 +101,36 @@ def main() -> None:
         f"tensorflow {tf.__version__}, keras {keras.__version__}, batch {BATCH}, "
         f"{rounds} rounds x {steps} steps, medians in ms"
     )
-    print(f"{'jit_compile':>12} {'hand-written':>13} {'LossModel':>10} {'ratio':>7}")
+    print(
+        f"{'jit_compile':>12} {'hand-written':>13} {'LossModel':>10} {'ratio':>7}"
+        "   [quartiles of per-round ratios]"
+    )
     for jit in (False, True):
         models = {kind: build(kind, jit) for kind in ("hand", "lossplug")}
         for model in models.values():
-            time_steps(model, x, y, 5)  # trace and warm up
+            warm_up(model, x, y)
         samples = {kind: [] for kind in models}
-        for _ in range(rounds):  # interleave to share machine noise
-            for kind, model in models.items():
-                samples[kind].append(statistics.median(time_steps(model, x, y, steps)))
+        order = list(models)
+        for round_ in range(rounds):
+            # Steps alternate between the two models (in alternating order), so both
+            # share the machine's drift and noise at the scale of milliseconds.
+            for step in range(steps):
+                for kind in order:
+                    batch = (round_ * steps + step) % len(x)
+                    start = time.perf_counter()
+                    models[kind].train_on_batch(x[batch], y[batch])
+                    samples[kind].append(time.perf_counter() - start)
+                order.reverse()
         hand = statistics.median(samples["hand"]) * 1e3
         ours = statistics.median(samples["lossplug"]) * 1e3
-        print(f"{jit!s:>12} {hand:13.3f} {ours:10.3f} {ours / hand:7.3f}")
+        # Spread: the ratio of medians within each round.
+        per_round = sorted(
+            statistics.median(samples["lossplug"][r * steps : (r + 1) * steps])
+            / statistics.median(samples["hand"][r * steps : (r + 1) * steps])
+            for r in range(rounds)
+        )
+        low, high = per_round[len(per_round) // 4], per_round[(3 * len(per_round)) // 4]
+        print(f"{jit!s:>12} {hand:13.3f} {ours:10.3f} {ours / hand:7.3f}   [{low:.3f}, {high:.3f}]")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from .errors import (
 )
 from .extras import Extras, StateStore
 from .registry import registry
-from .schedules import Schedule
+from .schedules import Constant, Schedule
 from .specs import Kind, Source
 from .terms import (
     Term,
@@ -591,7 +591,7 @@ class LossModel(keras.Model):
             else:
                 value = out.loss
             weight = self._term_weight(b)
-            contribution = value * weight
+            contribution = value if isinstance(weight, float) and weight == 1.0 else value * weight
             b.metric.update_state(contribution, sample_weight=batch)
             total.append(scale_for_distribution(contribution))
         if self.losses:
@@ -608,7 +608,10 @@ class LossModel(keras.Model):
         return ops.sum(ops.stack(total)) if len(total) > 1 else total[0]
 
     def _term_weight(self, b: _BoundTerm) -> Any:
+        """The term's weight now: a Python float for constants, else a float32 tensor."""
         schedule: Schedule = b.term.weight
+        if isinstance(schedule, Constant):
+            return schedule.value * b.loss_weight  # folded into the graph as a constant
         if b.weight_variable is not None:
             weight = ops.convert_to_tensor(b.weight_variable)
         elif schedule.unit == "step":
