@@ -10,6 +10,10 @@ import keras
 import lossplug
 import numpy as np
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from lossplug.terms import reduce_per_sample
 
 pytestmark = pytest.mark.usefixtures("toy_plugins")
 
@@ -76,6 +80,32 @@ def test_term_value_matches_numpy_with_sample_weights():
     result = model.evaluate(x, y, sample_weight=weights, batch_size=64, verbose=0, return_dict=True)
     assert result["toy_ce"] == pytest.approx(expected, rel=1e-5)
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@given(
+    per_sample=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(0, 6), st.integers(1, 3)),
+        elements=st.floats(0.0, 100.0, width=32),
+    ),
+    weighted=st.booleans(),
+)
+@example(per_sample=np.zeros((0,), np.float32), weighted=False)
+@example(per_sample=np.zeros((0,), np.float32), weighted=True)
+def test_core_reduction_is_sum_over_batch_size(per_sample, weighted):
+    # Keras' "sum_over_batch_size": sum(w * loss) / number of loss elements, and 0 (not
+    # 0/0) for an empty batch, which a replica gets from a last batch shorter than the
+    # number of replicas.
+    batch = per_sample.shape[0]
+    weights = np.linspace(0.5, 2.0, batch).astype("float32") if weighted else None
+    got = float(reduce_per_sample(per_sample, weights))
+    scaled = (
+        per_sample * weights.reshape((batch,) + (1,) * (per_sample.ndim - 1))
+        if weighted
+        else per_sample
+    )
+    expected = float(np.sum(scaled, dtype=np.float64)) / max(per_sample.size, 1)
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 def test_state_is_trained_and_saved(tmp_path):

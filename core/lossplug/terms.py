@@ -317,14 +317,14 @@ def reduce_per_sample(values: Any, sample_weight: Any = None) -> Any:
     broadcastable to ``values``.
     """
     values = ops.cast(values, "float32")
-    if sample_weight is None:
-        return ops.mean(values)
-    weight = ops.cast(sample_weight, "float32")
-    while len(weight.shape) < len(values.shape):
-        weight = ops.expand_dims(weight, -1)
-    while len(weight.shape) > len(values.shape) and weight.shape[-1] == 1:
-        weight = ops.squeeze(weight, -1)
-    values = values * weight
+    if sample_weight is not None:
+        weight = ops.cast(sample_weight, "float32")
+        while len(weight.shape) < len(values.shape):
+            weight = ops.expand_dims(weight, -1)
+        while len(weight.shape) > len(values.shape) and weight.shape[-1] == 1:
+            weight = ops.squeeze(weight, -1)
+        values = values * weight
+    # An empty batch (a replica's share of a short last batch) gives 0, not 0/0.
     count = ops.cast(ops.size(values), "float32")
     return ops.sum(values) / ops.maximum(count, 1.0)
 
