@@ -85,9 +85,8 @@ model.save(saved)
 restored = keras.models.load_model(saved)
 np.testing.assert_allclose(restored.predict(x, verbose=0), predictions, rtol=1e-5, atol=1e-6)
 assert [w.path for w in restored.weights] == [w.path for w in model.weights]
-for loaded, trained in zip(
-    restored.weights, model.weights, strict=True
-):  # incl. the plugin's centres
+# Every weight, incl. the plugin's centres.
+for loaded, trained in zip(restored.weights, model.weights, strict=True):
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(loaded), keras.ops.convert_to_numpy(trained)
     )

@@ -36,6 +36,13 @@ def finish(proc: subprocess.Popen) -> None:
     assert "DONE" in stdout
 
 
+def failure(proc: subprocess.Popen) -> str:
+    """Wait for a run that must fail; its stderr."""
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    return stderr
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "single.npz"
@@ -80,9 +87,7 @@ def test_mirrored_matches_single_device(single, tmp_path):
 def test_mirrored_refuses_several_steps_per_execution(tmp_path):
     # Keras 3 cannot run steps_per_execution > 1 across replicas (canary below): a clear
     # error at compile time instead of a TensorFlow graph error in the first step.
-    proc = run("mirrored", tmp_path / "spe.npz", {"LOSSPLUG_STEPS_PER_EXECUTION": "3"})
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode != 0
+    stderr = failure(run("mirrored", tmp_path / "spe.npz", {"LOSSPLUG_STEPS_PER_EXECUTION": "3"}))
     assert (
         "CompileError: compile(steps_per_execution=3) under MirroredStrategy with 2 replicas"
         in stderr
@@ -94,9 +99,7 @@ def test_upstream_plain_keras_mirrored_steps_per_execution_still_broken(tmp_path
     """Canary for keras-team/keras#19246: when this fails, Keras is fixed; then drop
     lossplug.model._check_steps_per_execution and the test above."""
     env = {"LOSSPLUG_PLAIN_KERAS": "1", "LOSSPLUG_STEPS_PER_EXECUTION": "3"}
-    proc = run("mirrored", tmp_path / "plain.npz", env)
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode != 0
+    stderr = failure(run("mirrored", tmp_path / "plain.npz", env))
     assert "You must feed a value for placeholder tensor" in stderr
 
 
@@ -123,8 +126,7 @@ def test_upstream_plain_keras_multi_worker_fit_still_broken(tmp_path):
     MultiWorkerMirroredStrategy. When this fails, Keras is fixed; then remove
     lossplug._multi_worker and LossModel's three overrides that use it."""
     for proc, _ in start_two_workers(tmp_path, {"LOSSPLUG_PLAIN_KERAS": "1"}):
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode != 0
+        stderr = failure(proc)
         assert (
             "with an unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>)"
             in stderr

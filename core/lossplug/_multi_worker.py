@@ -16,8 +16,8 @@ worker's local slice of the first batch (what the reduce was for), and each repl
 logs get a leading axis of length 1, so the reduction along axis 0 is the mean over
 the replicas, as Keras computes with ``MirroredStrategy``. Everything here is inert
 unless the strategy has more than one worker. ``tests/test_distribute.py`` keeps a
-strict ``xfail`` canary with a plain Keras model that turns red once Keras is fixed;
-this module can go then.
+canary asserting that a plain Keras model still fails; it turns red once Keras is
+fixed, and this module can go then.
 """
 
 from __future__ import annotations

@@ -655,15 +655,14 @@ class LossModel(keras.Model):
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data: Any) -> Any:
-        logs = super().train_step(data)
-        if in_multi_worker_mode(self.distribute_strategy):
-            logs = logs_for_replica_mean(logs)
-        return logs
+        return self._logs_for_strategy(super().train_step(data))
 
     def test_step(self, data: Any) -> Any:
-        logs = super().test_step(data)
+        return self._logs_for_strategy(super().test_step(data))
+
+    def _logs_for_strategy(self, logs: Any) -> Any:
         if in_multi_worker_mode(self.distribute_strategy):
-            logs = logs_for_replica_mean(logs)
+            return logs_for_replica_mean(logs)
         return logs
 
     # ------------------------------------------------------------------ save
