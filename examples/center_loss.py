@@ -92,6 +92,11 @@ def main() -> None:
         f"last {history.history['center'][-1]:.4f}"
     )
     print(f"class spread of the test embeddings: {spread(test_features, y_test):.3f}")
+    # The learnt centres are the term's state: where the class means should sit.
+    centres = keras.ops.convert_to_numpy(model.term_state("center")["centers"])
+    means = np.stack([test_features[y_test == c].mean(0) for c in range(10)])
+    gap = float(np.linalg.norm(centres - means, axis=1).mean())
+    print(f"mean distance from each learnt centre to its class mean: {gap:.3f}")
 
     # The centres are saved with the model; safe_mode stays on when loading.
     with tempfile.TemporaryDirectory() as tmp:

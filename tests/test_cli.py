@@ -8,7 +8,7 @@ import lossplug
 import pytest
 from lossplug.cli import main
 
-pytestmark = pytest.mark.usefixtures("toy_plugins")
+pytestmark = [pytest.mark.usefixtures("toy_plugins"), pytest.mark.backend_independent]
 
 
 def test_list_json_includes_in_process_plugins(capsys):
@@ -22,6 +22,8 @@ def test_info_and_unknown(capsys):
     assert main(["info", "toy_center"]) == 0
     out = capsys.readouterr().out
     assert "num_classes" in out and "features" in out and "embeddings" in out
+    assert "(B,)" in out and "(B, D)" in out  # shapes written as Python tuples
+    assert "backends: all" in out
     assert main(["info", "toy_centre"]) == 2
     assert "Did you mean 'toy_center'" in capsys.readouterr().err
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.backends("tensorflow")]
 WORKER = Path(__file__).with_name("strategy_worker.py")
 
 

@@ -35,6 +35,7 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.backend_independent
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     site = tmp_path / "site"
     result = subprocess.run(
@@ -148,3 +149,13 @@ def test_quickstart_code_runs_as_written(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "['compactness', 'loss', 'sparse_categorical_crossentropy']" in result.stdout
+
+
+@pytest.mark.backend_independent
+def test_readme_lists_every_plugin_distribution() -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    for pyproject in sorted((ROOT / "plugins").glob("*/pyproject.toml")):
+        text = pyproject.read_text()
+        name = re.search(r"\[project\.entry-points\.lossplug\]\s*\n\s*(\w+)\s*=", text)[1]
+        distribution = re.search(r'^name = "([^"]+)"', text, flags=re.MULTILINE)[1]
+        assert f"| `{name}` | {distribution} |" in readme, name

@@ -7,7 +7,7 @@ import json
 import pytest
 from distfactory import pip_install, run_python, write_dist
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.backend_independent]
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,15 @@ def test_list_shows_installed_distributions_from_metadata(site):
     assert "lossplug-t-dup-b" in rows[("t_dup", "lossplug-t-dup-a")]["detail"]
 
 
-def test_listing_imports_neither_tensorflow_nor_plugins(site):
+def test_listing_imports_no_backend_and_no_plugin(site):
     proc = run_python(
         """
         import sys, io, contextlib, lossplug.cli
         with contextlib.redirect_stdout(io.StringIO()):
             assert lossplug.cli.main(['list']) == 0
         heavy = sorted(m for m in sys.modules
-                       if m.split('.')[0] in {'tensorflow', 'keras'} or m.startswith('lossplug_t_'))
+                       if m.split('.')[0] in {'tensorflow', 'keras', 'jax', 'torch'}
+                       or m.startswith('lossplug_t_'))
         print(heavy)
         """,
         site,
@@ -253,17 +254,20 @@ def test_trains_by_name_and_missing_plugin_on_load(site, tmp_path):
     proc = run_python(code, site)
     assert proc.returncode == 0, proc.stderr
     assert "TERMS ['loss', 't_good']" in proc.stdout
-    # Load where the plugin is disabled (as good as not installed here).
-    proc = run_python(
-        f"""
+    load = f"""
         import keras, lossplug
         try:
             keras.models.load_model({str(model_path)!r})
         except Exception as exc:
             print('ERR', type(exc).__name__, exc)
-        """,
-        site,
-        {"LOSSPLUG_DISABLE": "t_good"},
-    )
+        """
+    # Load where the plugin is not installed: which distribution to install.
+    proc = run_python(load, tmp_path / "empty-site")
     assert "PluginNotInstalledError" in proc.stdout, proc.stdout + proc.stderr
-    assert "pip install lossplug-t-good==1.2.3" in proc.stdout
+    assert "not installed here. Install it (pip install lossplug-t-good==1.2.3)" in proc.stdout
+    assert "load_model(path, compile=False)" in proc.stdout
+    # Load where the plugin is installed but disabled: say so, not "pip install".
+    proc = run_python(load, site, {"LOSSPLUG_DISABLE": "t_good"})
+    assert "PluginNotInstalledError" in proc.stdout, proc.stdout + proc.stderr
+    assert "is installed (lossplug-t-good 1.2.3) but disabled by LOSSPLUG_DISABLE" in proc.stdout
+    assert "pip install" not in proc.stdout

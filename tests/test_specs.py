@@ -10,6 +10,14 @@ from lossplug.specs import make_config
 
 
 @attrs.frozen
+class EmptyConfig:
+    pass
+
+
+pytestmark = pytest.mark.backend_independent
+
+
+@attrs.frozen
 class Config:
     epsilon: float = param(0.1, low=0.0, high=1.0, high_inclusive=False, doc="smoothing")
     mode: str = param("a", choices=("a", "b"))
@@ -123,3 +131,48 @@ def test_spec_looks_up_its_tensors_by_name():
     assert s.tensor("y_pred").kind == Kind.LOGITS
     with pytest.raises(KeyError):
         s.tensor("features")
+
+
+def test_a_plugin_declaring_other_backends_is_refused_by_name():
+    import keras
+    import lossplug
+
+    current = keras.backend.backend()
+    other = next(b for b in ("tensorflow", "jax", "torch") if b != current)
+
+    class OnlyOther:
+        @lossplug.hookimpl
+        def lossplug_spec(self):
+            return lossplug.PluginSpec(
+                name="only_other",
+                description="declares another backend (test plugin)",
+                config=EmptyConfig,
+                tensors=(lossplug.TensorSpec("y_pred", lossplug.Kind.ANY),),
+                backends=(other,),
+            )
+
+        @lossplug.hookimpl
+        def build_loss_graph(self, inputs, outputs, extras):
+            return outputs["y_pred"]
+
+    lossplug.register(OnlyOther())
+    try:
+        with pytest.raises(lossplug.UnsupportedBackendError) as info:
+            lossplug.use("only_other")
+        assert str(info.value).startswith(
+            f"loss plugin 'only_other' supports the Keras backends {other}; this process "
+            f"uses {current!r}."
+        )
+    finally:
+        lossplug.unregister("only_other")
+
+
+def test_backends_must_be_known_names():
+    with pytest.raises(lossplug.InvalidSpecError, match="backends must be None"):
+        lossplug.PluginSpec(
+            name="bad_backends",
+            description="x",
+            config=EmptyConfig,
+            tensors=(),
+            backends=("theano",),
+        )

@@ -136,3 +136,37 @@ class BatchSpread:
             features = extras.all_gather(features)
         centered = features - ops.mean(features, axis=0, keepdims=True)
         return ops.mean(ops.sum(centered * centered, axis=-1))
+
+
+@attrs.frozen
+class NanAtConfig:
+    epoch: int = param(1, low=0, doc="the epoch from which marked samples give NaN")
+    value: float = param(float("nan"), doc="what marked samples give (NaN or inf)")
+
+
+class NanAt:
+    """mean(y_pred^2) per sample, but ``value`` for samples with x[:, 0] > 100 from ``epoch`` on.
+
+    For the finite guard's tests: the bad value first appears at a chosen epoch and
+    batch (wherever the marked samples are).
+    """
+
+    @hookimpl
+    def lossplug_spec(self) -> PluginSpec:
+        return PluginSpec(
+            name="toy_nan_at",
+            description="NaN at a chosen epoch for marked samples (test plugin)",
+            config=NanAtConfig,
+            tensors=(
+                TensorSpec("x", Kind.REAL, source="inputs"),
+                TensorSpec("y_pred", Kind.REAL),
+            ),
+        )
+
+    @hookimpl
+    def build_loss_graph(self, inputs, outputs, extras):
+        pred = ops.cast(outputs["y_pred"], "float32")
+        clean = ops.mean(pred * pred, axis=-1)
+        marked = ops.cast(inputs["x"], "float32")[:, 0] > 100.0
+        late = extras.epoch >= extras.config.epoch
+        return ops.where(ops.logical_and(marked, late), extras.config.value, clean)

@@ -9,6 +9,8 @@ is imported on first access.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from ._version import API_VERSION, __version__
 from .errors import (
     APIVersionError,
     CompileError,
+    FitError,
     InvalidSpecError,
     InvalidTensorError,
     LossplugError,
@@ -28,6 +31,8 @@ from .errors import (
     PluginNotInstalledError,
     PluginResultError,
     UnknownPluginError,
+    UnknownTermError,
+    UnsupportedBackendError,
 )
 from .hookspecs import hookimpl, hookspec
 from .registry import registry
@@ -100,18 +105,67 @@ def _register_keras_objects() -> None:
         importlib.import_module(module)
 
 
-# Listing plugins must stay cheap (no TensorFlow), so the Keras side is imported
-# lazily. When Keras is already imported (a training script did ``import keras``
-# first), register lossplug's serializable classes right away so that
-# ``keras.models.load_model`` works after a bare ``import lossplug``.
+class _AfterKerasImport(importlib.abc.MetaPathFinder):
+    """Registers lossplug's Keras classes as soon as ``keras`` finishes importing.
+
+    Listing plugins must stay cheap, so ``import lossplug`` imports no Keras and no
+    backend. But ``keras.models.load_model`` can only find ``LossModel`` (and Term,
+    the schedules, ...) once they are registered, whatever the import order of a
+    script: ``import lossplug, keras`` works like ``import keras, lossplug``.
+    """
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)  # find keras' real spec, once
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            original(module)
+            _forget_hook()
+            try:
+                _register_keras_objects()
+            except Exception as exc:  # never break ``import keras`` itself
+                import warnings
+
+                warnings.warn(
+                    f"lossplug could not register its Keras classes ({exc}); "
+                    "keras.models.load_model will not find LossModel in this process",
+                    stacklevel=2,
+                )
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_HOOK = _AfterKerasImport()
+
+
+def _forget_hook() -> None:
+    if _HOOK in sys.meta_path:
+        sys.meta_path.remove(_HOOK)
+
+
+# When Keras is already imported (a script did ``import keras`` first), register
+# lossplug's serializable classes now; otherwise as soon as Keras is imported.
 if "keras" in sys.modules:
     _register_keras_objects()
+else:
+    sys.meta_path.insert(0, _HOOK)
 
 __all__ = [
     "API_VERSION",
     "APIVersionError",
     "CompileError",
     "Extras",
+    "FitError",
     "InvalidSpecError",
     "InvalidTensorError",
     "Kind",
@@ -133,6 +187,8 @@ __all__ = [
     "TensorSpec",
     "Term",
     "UnknownPluginError",
+    "UnknownTermError",
+    "UnsupportedBackendError",
     "__version__",
     "available",
     "get",

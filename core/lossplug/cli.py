@@ -71,6 +71,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"distribution: {entry.distribution} {entry.version}   module: {entry.target}   "
         f"API version: {spec.api_version}   returns: {spec.returns}"
         + ("   batch-coupled" if spec.batch_coupled else "")
+        + f"   backends: {', '.join(spec.backends) if spec.backends else 'all'}"
     )
     config = Table(title="config", title_justify="left")
     for column in ("field", "default", "rule", "description"):
@@ -83,7 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for column in ("name", "from", "kind", "shape", "required", "description"):
         tensors.add_column(column, overflow="fold")
     for tensor in spec.tensors:
-        shape = "any" if tensor.shape is None else "(" + ", ".join(map(str, tensor.shape)) + ")"
+        shape = "any" if tensor.shape is None else _shape_text(tensor.shape)
         tensors.add_row(
             tensor.name,
             tensor.source.value,
@@ -99,6 +100,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     for prop in spec.properties:
         console.print(f"  - {prop.describe()}")
     return 0
+
+
+def _shape_text(shape: tuple) -> str:
+    """A symbolic shape as Python writes a tuple: ``(B,)``, ``(B, D)``."""
+    inner = ", ".join(map(str, shape))
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
 def cmd_check(args: argparse.Namespace) -> int:

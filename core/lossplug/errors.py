@@ -55,7 +55,7 @@ class PluginResultError(LossplugError, ValueError):
 
 
 class NonFiniteLossError(LossplugError, FloatingPointError):
-    """A plugin produced a NaN or infinite loss at the first training step."""
+    """A loss term (or the gradient) was NaN or infinite at a training step, which was skipped."""
 
 
 class PluginNotInstalledError(LossplugError, ImportError):
@@ -64,3 +64,18 @@ class PluginNotInstalledError(LossplugError, ImportError):
 
 class CompileError(LossplugError, ValueError):
     """``LossModel.compile`` received a loss structure it cannot map onto the model."""
+
+
+class FitError(LossplugError, ValueError):
+    """``fit``/``evaluate`` (or ``set_epoch``) received arguments lossplug cannot use."""
+
+
+class UnknownTermError(LossplugError, KeyError):
+    """A term name that the compiled model does not have (``LossModel.term_state``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedBackendError(LossplugError):
+    """A plugin used on a Keras backend its spec does not declare."""

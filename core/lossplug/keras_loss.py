@@ -11,7 +11,7 @@ from .errors import MissingTensorError
 from .extras import Extras, StateStore
 from .registry import registry
 from .specs import Source, config_to_dict, make_config
-from .terms import call_plugin
+from .terms import call_plugin, check_backend
 
 _PLAIN = {"y_true": Source.INPUTS, "y_pred": Source.OUTPUTS}
 
@@ -36,16 +36,20 @@ class PluginLoss(keras.losses.Loss):
     ) -> None:
         self.plugin = plugin
         self.spec = registry.spec(plugin)
+        check_backend(self.spec)
+        reads_prediction = any(
+            t.name == "y_pred" and t.source == Source.OUTPUTS for t in self.spec.tensors
+        )
         for tensor in self.spec.tensors:
-            if tensor.optional:
+            plain = _PLAIN.get(tensor.name) == tensor.source
+            if plain or (tensor.optional and reads_prediction):
                 continue
-            if _PLAIN.get(tensor.name) != tensor.source:
-                raise MissingTensorError(
-                    f"loss plugin {self.spec.name!r} reads {tensor.name!r} ({tensor.kind.value}, "
-                    f"from {tensor.source.value}), which a plain Keras loss cannot provide (it "
-                    "only sees y_true and y_pred). Use lossplug.LossModel and "
-                    f"compile(loss=lossplug.use({self.spec.name!r}, ...)) instead."
-                )
+            raise MissingTensorError(
+                f"loss plugin {self.spec.name!r} reads {tensor.name!r} ({tensor.kind.value}, "
+                f"from {tensor.source.value}), which a plain Keras loss cannot provide (it "
+                "only sees y_true and y_pred). Use lossplug.LossModel and "
+                f"compile(loss=lossplug.use({self.spec.name!r}, ...)) instead."
+            )
         self.config = make_config(self.spec, config or {})
         super().__init__(name=name or self.spec.name, reduction=reduction, dtype=dtype)
         self._caller = registry.hook_caller(plugin)
@@ -57,8 +61,8 @@ class PluginLoss(keras.losses.Loss):
         outputs = {"y_pred": y_pred}
         extras = Extras(
             config=self.config,
-            epoch=ops.zeros((), "int64"),
-            step=ops.zeros((), "int64"),
+            epoch=ops.zeros((), "int32"),
+            step=ops.zeros((), "int32"),
             training=True,
             state=self._state,
             term=self.name,

@@ -7,44 +7,52 @@ Design (see docs/concepts.md):
   intermediate tensors; ``call`` runs it once, hands the exposed tensors to the
   loss computation of the same step and returns only ``outputs``, so
   ``predict`` and serving see the model the user built.
-* ``compile(loss=...)`` turns every entry into a :class:`lossplug.Term`, calls
+* ``compile(loss=..., metrics=...)`` turns every plugin entry into a term, calls
   every plugin once eagerly on a tiny dummy batch (the *probe*) to create its
   state variables and metrics before training, and hands Keras the remaining
-  arguments (optimizer, metrics, ...).
+  arguments (optimizer, Keras metrics, ...).
 * ``compute_loss`` (Keras' public override point) evaluates each term, reduces
-  it (sample weights, float32, ``tf.distribute`` scaling), weights it by its
-  schedule and updates one metric per term; Keras' ``train_step`` does the rest.
+  it (sample weights, float32, data-parallel scaling), weights it by its
+  schedule and updates one metric per term.
+* Everything the terms keep across steps (the epoch clock, plugin state) lives
+  in a :class:`lossplug.state.TermStates` layer of the model, saved and restored
+  by name with the model's weights.
+* The backend's trainer (:mod:`lossplug.backend`) applies a step only when its
+  loss and gradients are finite (:mod:`lossplug.guard`).
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
-import attrs
 import keras
-import numpy as np
 from keras import ops
 
-from ._multi_worker import first_local_batch, in_multi_worker_mode, logs_for_replica_mean
+from . import backend as _backend
+from . import binding, runtime
+from .binding import BoundTerm, input_names, output_names
 from .errors import (
     CompileError,
+    FitError,
     LossplugError,
     MissingTensorError,
-    NonFiniteLossError,
     PluginResultError,
+    UnknownTermError,
 )
-from .extras import Extras, StateStore
+from .extras import Extras, _Hidden
+from .guard import StepGuard, StepRecord, TrainingCallback, all_finite
 from .registry import registry
 from .schedules import Constant, Schedule
 from .specs import Kind, Source
+from .state import TermStates
 from .terms import (
-    Term,
     TermOutput,
-    as_term,
     call_plugin,
+    name_the_term,
     reduce_per_sample,
     scale_for_distribution,
 )
@@ -52,54 +60,19 @@ from .terms import (
 #: Batch size of the dummy batch each plugin is called on at compile time (the probe).
 PROBE_BATCH = 2
 
-
 #: Index of ``callbacks`` among ``keras.Model.fit``'s positional parameters
-#: (x, y, batch_size, epochs, verbose, callbacks, ...).
+#: (x, y, batch_size, epochs, verbose, callbacks, ...) and ``evaluate``'s
+#: (x, y, batch_size, verbose, sample_weight, steps, callbacks, ...).
 _FIT_CALLBACKS_POSITION = 5
+_EVALUATE_CALLBACKS_POSITION = 6
+#: Index of ``class_weight`` among ``fit``'s positional parameters.
+_FIT_CLASS_WEIGHT_POSITION = 10
 
-
-class _Hidden:
-    """Holds an object out of reach of Keras' attribute tracking."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-@attrs.define
-class _BoundTerm:
-    """A term attached to the model: which output, its metric name, its runtime parts."""
-
-    term: Term
-    output: str | None  #: output name for y_true / y_pred, None for model-wide terms
-    name: str  #: display name (unique within the model)
-    loss_weight: float = 1.0
-    caller: Any = None
-    state: StateStore | None = None
-    weight_variable: Any = None  #: for Python-callable schedules
-    metric: Any = None
-    has_loss: bool = True
-    plugin_metrics: dict[str, Any] = attrs.field(factory=dict)
-
-
-def _flat_output_names(model: keras.Model) -> list[str]:
-    out = model.output
-    if isinstance(out, Mapping):
-        return list(out.keys())
-    flat = keras.tree.flatten(out)
-    return [t._keras_history.operation.name for t in flat]
-
-
-def _flat_input_names(model: keras.Model) -> list[str]:
-    inp = model.input
-    if isinstance(inp, Mapping):
-        return list(inp.keys())
-    return [t.name for t in keras.tree.flatten(inp)]
+_Trainer = _backend.current().Trainer
 
 
 @keras.saving.register_keras_serializable(package="lossplug")
-class LossModel(keras.Model):
+class LossModel(_Trainer, keras.Model):
     """A functional Keras model whose ``compile`` accepts loss plugins.
 
     Args:
@@ -118,10 +91,12 @@ class LossModel(keras.Model):
         expose = kwargs.pop("expose", None)
         super().__init__(inputs, outputs, name=name, **kwargs)
         self._lossplug = _Hidden(
-            {"expose": {}, "graph": None, "terms": [], "loss": None, "loss_weights": None}
+            {"expose": {}, "graph": None, "terms": [], "config": {}, "check_finite": True}
         )
         self._lossplug_local = _Hidden(threading.local())
-        self._lossplug_clock = _Hidden(None)
+        #: the epoch clock and every term's state (saved by name; see lossplug.state)
+        self._lossplug_state = TermStates()
+        self._lossplug_guard = StepGuard()
         self._set_expose(expose)
 
     # ------------------------------------------------------------------ exposure
@@ -135,7 +110,7 @@ class LossModel(keras.Model):
             items = list(expose.items())
         else:
             items = [(name, None) for name in expose]
-        reserved = set(_flat_output_names(self)) | {"y_pred"}
+        reserved = set(output_names(self)) | {"y_pred"}
         for name, tensor in items:
             if name in reserved:
                 raise CompileError(
@@ -208,6 +183,44 @@ class LossModel(keras.Model):
         _, exposed = self._lossplug.value["graph"](x, training=training)
         return dict(exposed)
 
+    # ------------------------------------------------------------------ state
+    @property
+    def epoch(self) -> int:
+        """The epoch the terms see (``extras.epoch``, schedules of the epoch); saved."""
+        return int(ops.convert_to_numpy(self._lossplug_state.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the epoch clock: what ``fit`` does at the start of every epoch.
+
+        Custom training loops call it at the start of each epoch. It sets the
+        epoch that schedules and plugins read (no retracing: the clock is a
+        variable of the model) and evaluates weights given as Python callables.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise FitError(f"set_epoch needs an epoch number >= 0, got {epoch!r}")
+        self._lossplug_state.epoch.assign(epoch)
+        for b in self._lossplug_terms_bound():
+            if b.weight_variable is not None:
+                b.weight_variable.assign(b.term.weight_at(epoch))
+
+    def term_state(self, term: str) -> Mapping[str, Any]:
+        """The state variables of the term ``term`` by name (read-only mapping).
+
+        For example ``model.term_state("center")["centers"]`` (the class centres)
+        or ``model.term_state("margin_softmax")["class_weights"]``. The values are
+        the model's variables: ``keras.ops.convert_to_numpy(v)`` reads one.
+        """
+        names = [b.name for b in self._lossplug_terms_bound()]
+        if term not in names:
+            raise UnknownTermError(
+                f"this model has no term {term!r}; its terms are: {', '.join(names) or '(none)'}"
+                + ("" if names else " (compile the model first)")
+            )
+        return MappingProxyType(dict(self._lossplug_state.term_state(term)))
+
+    def _lossplug_terms_bound(self) -> list[BoundTerm]:
+        return self._lossplug.value["terms"] if hasattr(self, "_lossplug") else []
+
     # ------------------------------------------------------------------ serialization
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -260,23 +273,38 @@ class LossModel(keras.Model):
         "the sum of these terms"; for a model with N outputs a list of length N
         assigns one entry (a term or a list of terms) to each output, as in
         Keras. ``loss_weights`` (a number, list or dict like Keras') multiplies
-        the terms of each output. With ``check_finite`` the first training
-        batch raises :class:`lossplug.NonFiniteLossError` naming the plugin
-        whose term is NaN or infinite.
+        the terms of each output.
+
+        ``metrics`` takes Keras metrics and, in the same list, plugin names or
+        ``lossplug.use(...)``: a metric plugin is shown under its name; a loss
+        plugin there is evaluated and shown but not trained on.
+
+        With ``check_finite`` (the default) a training step whose loss or
+        gradients are not finite is never applied, and ``fit`` stops with a
+        :class:`lossplug.NonFiniteLossError` naming the term, the epoch and the
+        batch.
 
         ``targets`` declares targets that are not model outputs (``fit(x, {"logits":
         labels, "mask": masks})``) as ``{name: shape}`` or ``{name: (shape, dtype)}``
         without the batch axis, so plugins can be bound to them
         (``bind={"y_true": "mask"}``) and checked at compile time.
         """
-        _check_steps_per_execution(steps_per_execution, self.distribute_strategy)
-        extra_targets = _parse_targets(targets, _flat_output_names(self))
-        bound = self._bind_terms(loss, loss_weights)
+        _backend.current().check_compile(self, steps_per_execution)
+        outputs = output_names(self)
+        extra_targets = binding.parse_targets(targets, outputs)
+        keras_metrics, plugin_metrics = binding.split_metrics(metrics)
+        keras_weighted, plugin_weighted = binding.split_metrics(weighted_metrics)
+        if plugin_weighted:
+            raise CompileError(
+                "compile(weighted_metrics=...): loss plugins take sample weights themselves; "
+                "put plugin names and lossplug.use(...) in metrics=[...]"
+            )
+        bound = binding.bind_terms(loss, loss_weights, plugin_metrics, self)
         super().compile(
             optimizer=optimizer,
             loss=None,
-            metrics=metrics,
-            weighted_metrics=weighted_metrics,
+            metrics=keras_metrics,
+            weighted_metrics=keras_weighted,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
@@ -284,114 +312,48 @@ class LossModel(keras.Model):
         )
         state = self._lossplug.value
         state["targets"] = extra_targets
-        old_stores = {b.name: b.state for b in state["terms"] if b.state is not None}
-        if self._lossplug_clock.value is None:
-            self._lossplug_clock.value = keras.Variable(
-                0, dtype="int64", trainable=False, name="lossplug_epoch"
-            )
+        old = {b.name: b.state for b in state["terms"] if b.state is not None}
         for b in bound:
-            self._build_term(b, old_stores.get(b.name))
-        state["terms"] = bound
-        state["loss"] = loss
-        state["loss_weights"] = loss_weights
-        state["check_finite"] = check_finite
-        # One tracked list, mutated in place, so that a store whose term is gone
-        # after a recompile stops being part of the model (weights, saving).
-        if not hasattr(self, "_lossplug_state_stores"):
-            self._lossplug_state_stores = []
-        stores = self._lossplug_state_stores
-        live = [b.state for b in bound if b.state is not None and b.state.weights]
-        for store in list(stores):
-            if not any(store is s for s in live):
-                stores.remove(store)
-        for store in live:
-            if not any(store is s for s in stores):
-                stores.append(store)
-
-    def _bind_terms(self, loss: Any, loss_weights: Any) -> list[_BoundTerm]:
-        outputs = _flat_output_names(self)
-        single = len(outputs) == 1
-        pairs: list[tuple[str | None, Any, float]] = []
-
-        def weight_for(output: str | None, index: int | None) -> float:
-            if loss_weights is None or output is None:
-                return 1.0
-            if isinstance(loss_weights, Mapping):
-                return float(loss_weights.get(output, 1.0))
-            if isinstance(loss_weights, Sequence):
-                return float(loss_weights[index if index is not None else 0])
-            return float(loss_weights)
-
-        def entries(obj: Any) -> list[Any]:
-            return list(obj) if isinstance(obj, list | tuple) else [obj]
-
-        if loss is None:
-            return []
-        if isinstance(loss, Mapping):
-            for key, value in loss.items():
-                if key not in outputs:
-                    raise CompileError(
-                        f"compile(loss=...): {key!r} is not an output of this model; its outputs "
-                        f"are: {', '.join(outputs)}"
-                    )
-                for entry in entries(value):
-                    pairs.append((key, entry, weight_for(key, outputs.index(key))))
-        elif isinstance(loss, list | tuple) and not single:
-            if len(loss) != len(outputs):
-                raise CompileError(
-                    f"compile(loss=[...]) got {len(loss)} entries for a model with "
-                    f"{len(outputs)} outputs ({', '.join(outputs)}); pass one entry (a loss or a "
-                    "list of losses) per output, or a dict {output_name: loss}"
-                )
-            for index, (output, value) in enumerate(zip(outputs, loss, strict=True)):
-                for entry in entries(value):
-                    if entry is None:
-                        continue
-                    pairs.append((output, entry, weight_for(output, index)))
-        else:
-            only = outputs[0] if single else None
-            for entry in entries(loss):
-                pairs.append((only, entry, weight_for(only, 0)))
-
-        bound: list[_BoundTerm] = []
-        used: dict[str, int] = {}
-        for output, entry, weight in pairs:
-            term = as_term(entry)
-            base = term.name
-            if output is not None and not single and not term.display_name:
-                base = f"{output}_{base}"
-            count = used.get(base, 0)
-            used[base] = count + 1
-            name = base if count == 0 else f"{base}_{count + 1}"
-            if name in {"loss"} | set(outputs):
-                name = f"{name}_term"
-            bound.append(_BoundTerm(term=term, output=output, name=name, loss_weight=weight))
-        return bound
-
-    def _build_term(self, b: _BoundTerm, old_store: StateStore | None) -> None:
-        term = b.term
-        if term.plugin is not None:
-            b.caller = registry.hook_caller(term.plugin)
-            if old_store is not None and old_store.plugin == term.spec.name:
-                b.state = old_store
-                b.state._open = True
-            else:
-                b.state = StateStore(plugin=term.spec.name, name=f"lossplug_state_{b.name}")
-        if not term.weight.in_graph:
-            b.weight_variable = keras.Variable(
-                term.weight.value_at(0),
-                dtype="float32",
-                trainable=False,
-                name=f"lossplug_weight_{b.name}",
+            self._build_term(b, old.get(b.name))
+        if bound and not any(b.trained for b in bound):
+            names = ", ".join(b.name for b in bound)
+            raise CompileError(
+                f"compile() has no trainable loss term: {names} only monitor (metric plugins, "
+                "or loss plugins given in metrics=). Pass at least one loss in loss=[...] "
+                "(a plugin name, lossplug.use(...) or a Keras loss)."
             )
+        terms = self._lossplug_state
+        terms.keep([b.state for b in bound])
+        terms.check_pending([b.name for b in bound])
+        _backend.current().track_new_variables(self)
+        state["terms"] = bound
+        state["check_finite"] = bool(check_finite)
+        state["config"] = {
+            "loss": loss,
+            "loss_weights": loss_weights,
+            "metrics": metrics,
+            "weighted_metrics": weighted_metrics,
+            "check_finite": bool(check_finite),
+            "targets": targets,
+        }
+
+    def _build_term(self, b: BoundTerm, old_store: Any) -> None:
+        term = b.term
+        plugin = term.spec.name if term.spec is not None else ""
+        b.state = self._lossplug_state.store_for(b.name, plugin, old_store, frozen=b.monitor)
+        if not term.weight.in_graph:
+            b.weight_variable = b.state.weight_variable()
+            b.weight_variable.assign(term.weight_at(self.epoch))
         b.metric = keras.metrics.Mean(name=b.name)
         b.plugin_metrics = {}
         if term.plugin is None:
+            b.state.close()
             return  # a Keras loss: no state, no metrics of its own
+        b.caller = registry.hook_caller(term.plugin)
+        binding.check_activations(b, self._symbolic_tensors(b))
         # The probe: one eager call on a dummy batch creates state and reveals metric names.
         probe = self._probe_term(b)
-        if b.state is not None:
-            b.state.close()
+        b.state.close()
         b.has_loss = probe.loss is not None
         for metric_name, (_, aggregation) in probe.metrics.items():
             full = f"{b.name}_{metric_name}"
@@ -405,7 +367,12 @@ class LossModel(keras.Model):
                 "its spec if it only computes metrics"
             )
 
-    def _probe_term(self, b: _BoundTerm) -> Any:
+    def _symbolic_tensors(self, b: BoundTerm) -> dict[str, Any]:
+        outputs = dict(zip(output_names(self), keras.tree.flatten(self.output), strict=True))
+        outputs.update(self._lossplug.value["expose"])
+        return outputs
+
+    def _probe_term(self, b: BoundTerm) -> TermOutput:
         def dummy(tensor: Any) -> Any:
             shape = [PROBE_BATCH if i == 0 else (d or 1) for i, d in enumerate(tensor.shape)]
             return ops.zeros(shape, dtype=tensor.dtype)
@@ -427,24 +394,21 @@ class LossModel(keras.Model):
             except Exception:
                 raise first from None
 
-    def _dummy_targets(self, b: _BoundTerm, y_pred: Any, sparse: bool = False) -> Any:
+    def _dummy_targets(self, b: BoundTerm, y_pred: Any, sparse: bool = False) -> Any:
         spec = b.term.spec
         wanted = [
             t
             for t in spec.tensors
             if t.source == Source.INPUTS and b.term.bind.get(t.name, t.name) == "y_true"
         ]
-        outputs = _flat_output_names(self)
-        preds = dict(zip(outputs, keras.tree.flatten(y_pred), strict=True))
+        preds = dict(zip(output_names(self), keras.tree.flatten(y_pred), strict=True))
 
         def target_like(pred: Any, kind: Kind | None) -> Any:
             if kind in (Kind.SPARSE_LABELS, Kind.LABELS):
                 return ops.zeros((PROBE_BATCH,), dtype="int32")
             return ops.zeros(pred.shape, dtype="float32")
 
-        kind = wanted[0].kind if wanted else None
-        if sparse:
-            kind = Kind.SPARSE_LABELS
+        kind = Kind.SPARSE_LABELS if sparse else (wanted[0].kind if wanted else None)
         dummies = {
             name: target_like(p, kind if name == b.output else None) for name, p in preds.items()
         }
@@ -453,65 +417,9 @@ class LossModel(keras.Model):
         return dummies
 
     # ------------------------------------------------------------------ loss
-    def _namespaces(
-        self, b: _BoundTerm, x: Any, y: Any, y_pred: Any, exposed: Mapping[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        inputs: dict[str, Any] = {}
-        input_names = _flat_input_names(self)
-        if isinstance(x, Mapping):
-            inputs.update(x)
-        else:
-            flat_x = keras.tree.flatten(x)
-            if len(flat_x) == len(input_names):
-                inputs.update(zip(input_names, flat_x, strict=True))
-        if len(input_names) == 1 and input_names[0] in inputs:
-            inputs.setdefault("x", inputs[input_names[0]])
-        output_names = _flat_output_names(self)
-        outputs: dict[str, Any] = dict(zip(output_names, keras.tree.flatten(y_pred), strict=True))
-        # The output whose target and prediction this term sees as y_true / y_pred.
-        own = (
-            b.output
-            if b.output is not None
-            else (output_names[0] if len(output_names) == 1 else None)
-        )
-        if y is not None:
-            if isinstance(y, Mapping):
-                targets = dict(y)
-            elif len(output_names) == 1:
-                flat_y = keras.tree.flatten(y) if isinstance(y, list | tuple) else [y]
-                targets = {output_names[0]: flat_y[0]}
-            else:
-                targets = dict(zip(output_names, keras.tree.flatten(y), strict=False))
-            for name, value in targets.items():
-                inputs.setdefault(name, value)
-            if own is not None and own in targets:
-                inputs["y_true"] = targets[own]
-        if own is not None:
-            outputs["y_pred"] = outputs[own]
-        outputs.update(exposed)
-        return inputs, outputs
-
-    def _select(
-        self, b: _BoundTerm, inputs: dict[str, Any], outputs: dict[str, Any], has_targets: bool
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        spec = b.term.spec
-        chosen_in: dict[str, Any] = {}
-        chosen_out: dict[str, Any] = {}
-        for tensor in spec.tensors:
-            target = b.term.bind.get(tensor.name, tensor.name)
-            value = _lookup(target, tensor.source, inputs, outputs)
-            if value is _MISSING:
-                if tensor.optional:
-                    continue
-                raise MissingTensorError(
-                    _missing_message(b, tensor, target, inputs, outputs, has_targets)
-                )
-            (chosen_in if tensor.source == Source.INPUTS else chosen_out)[tensor.name] = value
-        return chosen_in, chosen_out
-
     def _evaluate_term(
         self,
-        b: _BoundTerm,
+        b: BoundTerm,
         x: Any,
         y: Any,
         y_pred: Any,
@@ -519,48 +427,72 @@ class LossModel(keras.Model):
         sample_weight: Any,
         *,
         training: bool,
-    ) -> Any:
-        inputs, outputs = self._namespaces(b, x, y, y_pred, exposed)
+    ) -> TermOutput:
+        outputs_of = output_names(self)
+        inputs, outputs = binding.namespaces(
+            b, x, y, y_pred, exposed, input_names(self), outputs_of
+        )
         term = b.term
         if term.keras_loss is not None:
-            if "y_true" not in inputs or "y_pred" not in outputs:
-                raise MissingTensorError(
-                    f"Keras loss {term.name!r} (term {b.name!r}) needs targets and a prediction; "
-                    "pass y to fit/evaluate, or attach it to one output with "
-                    "compile(loss={output_name: ...})"
-                )
-            fn = (
-                keras.losses.get(term.keras_loss)
-                if isinstance(term.keras_loss, str)
-                else term.keras_loss
-            )
-            y_true, pred = inputs["y_true"], outputs["y_pred"]
-            values = (
-                fn.call(y_true, pred) if isinstance(fn, keras.losses.Loss) else fn(y_true, pred)
-            )
-            return TermOutput(
-                loss=ops.cast(values, "float32"), per_sample=len(values.shape) > 0, metrics={}
-            )
-        chosen_in, chosen_out = self._select(b, inputs, outputs, y is not None)
-        optimizer = getattr(self, "optimizer", None)
-        step = (
-            optimizer.iterations
-            if optimizer is not None and optimizer.built
-            else ops.zeros((), "int64")
+            return self._evaluate_keras_loss(b, inputs, outputs, several=len(outputs_of) > 1)
+        chosen_in, chosen_out = binding.select(
+            b, inputs, outputs, has_targets=y is not None, several_outputs=len(outputs_of) > 1
         )
+        optimizer = getattr(self, "optimizer", None)
         extras = Extras(
             config=term.config,
-            epoch=self._lossplug_clock.value
-            if self._lossplug_clock.value is not None
-            else ops.zeros((), "int64"),
-            step=step,
+            epoch=self._lossplug_state.epoch,
+            step=optimizer.iterations if optimizer is not None else ops.zeros((), "int32"),
             training=bool(training),
             state=b.state,
             term=b.name,
             sample_weight=sample_weight,
             global_batch=term.global_batch,
         )
-        return call_plugin(term.spec, b.caller, chosen_in, chosen_out, extras, term=b.name)
+
+        def run(ins: dict[str, Any], outs: dict[str, Any]) -> TermOutput:
+            return call_plugin(term.spec, b.caller, ins, outs, extras, term=b.name)
+
+        traced = any(_backend.current().is_traced(v) for v in chosen_out.values())
+        if term.spec.batch_coupled and not term.global_batch and traced:
+            # each replica (device) mines its own share, on every backend (not the probe)
+            return _backend.current().per_replica(
+                run, chosen_in, chosen_out, scalar=term.spec.returns == "scalar"
+            )
+        return run(chosen_in, chosen_out)
+
+    def _evaluate_keras_loss(
+        self, b: BoundTerm, inputs: dict[str, Any], outputs: dict[str, Any], several: bool
+    ) -> TermOutput:
+        term = b.term
+        if "y_true" not in inputs or "y_pred" not in outputs:
+            hint = (
+                "attach it to one output with compile(loss={output_name: ...})"
+                if several and b.output is None
+                else "pass y to fit/evaluate"
+            )
+            raise MissingTensorError(f"{b.who} needs targets and a prediction; {hint}")
+        fn = term.keras_loss
+        if isinstance(fn, str):
+            fn = keras.losses.get(fn)
+        y_true, pred = inputs["y_true"], outputs["y_pred"]
+        try:
+            with runtime.term_scope(b.name, None):
+                values = (
+                    fn.call(y_true, pred) if isinstance(fn, keras.losses.Loss) else fn(y_true, pred)
+                )
+        except LossplugError:
+            raise
+        except Exception as exc:
+            name_the_term(
+                exc,
+                f"{b.who}, with y_true of shape {tuple(y_true.shape)} and y_pred of shape "
+                f"{tuple(pred.shape)}",
+            )
+            raise
+        return TermOutput(
+            loss=ops.cast(values, "float32"), per_sample=len(values.shape) > 0, metrics={}
+        )
 
     def compute_loss(
         self,
@@ -570,44 +502,73 @@ class LossModel(keras.Model):
         sample_weight: Any = None,
         training: bool = True,
     ) -> Any:
-        """Sum of the weighted plugin terms, Keras losses and layer losses (regularisers)."""
-        bound: list[_BoundTerm] = self._lossplug.value["terms"]
+        """Sum of the weighted plugin terms, Keras losses and layer losses (regularisers).
+
+        Also updates one metric per term (``get_metrics_result()`` holds them). In a
+        custom training loop, call it with ``training=True`` inside the gradient
+        tape (or ``stateless_compute_loss`` on JAX) and move the epoch with
+        :meth:`set_epoch`; plugin state updates are applied here (where the loss is
+        finite), since no ``train_step`` applies them.
+        """
+        bound = self._lossplug_terms_bound()
+        if not bound:
+            if self.losses:
+                return scale_for_distribution(
+                    ops.sum([ops.cast(v, "float32") for v in self.losses])
+                )
+            raise CompileError(
+                "LossModel has no loss to compute: pass loss=... (plugin names, "
+                "lossplug.use(...) or Keras losses) to compile()"
+            )
         exposed = self._exposed_for(x, y_pred, training)
         batch = ops.cast(ops.shape(keras.tree.flatten(y_pred)[0])[0], "float32")
         total = []
+        updates: list[tuple[Any, Any]] = []
         for b in bound:
             out = self._evaluate_term(b, x, y, y_pred, exposed, sample_weight, training=training)
             for metric_name, (value, _) in out.metrics.items():
-                b.plugin_metrics[metric_name].update_state(
-                    value,
-                    sample_weight=batch
-                    if isinstance(b.plugin_metrics[metric_name], keras.metrics.Mean)
-                    else None,
+                metric = b.plugin_metrics[metric_name]
+                if out.invalid is not None:
+                    value = ops.where(out.invalid, float("nan"), value)
+                metric.update_state(
+                    value, sample_weight=batch if isinstance(metric, keras.metrics.Mean) else None
                 )
+            if training and not b.monitor:
+                updates.extend(out.updates)
+            for bad, identifier, a, b_value in out.unreported:
+                self._lossplug_guard.record(bad, identifier, a, b_value)
             if out.loss is None:
                 continue
-            if out.per_sample:
-                value = reduce_per_sample(out.loss, sample_weight)
-            else:
-                value = out.loss
+            value = reduce_per_sample(out.loss, sample_weight) if out.per_sample else out.loss
             weight = self._term_weight(b)
             contribution = value if isinstance(weight, float) and weight == 1.0 else value * weight
+            if out.invalid is not None:  # bad input found by a check: never train on it
+                contribution = ops.where(out.invalid, float("nan"), contribution)
             b.metric.update_state(contribution, sample_weight=batch)
-            total.append(scale_for_distribution(contribution))
+            if not b.monitor:
+                total.append(scale_for_distribution(contribution))
         if self.losses:
             total.append(
                 scale_for_distribution(ops.sum([ops.cast(v, "float32") for v in self.losses]))
             )
-        if not total:
-            if not bound:
-                raise CompileError(
-                    "LossModel has no loss to compute: pass loss=... (plugin names, "
-                    "lossplug.use(...) or Keras losses) to compile()"
-                )
-            return ops.zeros((), "float32")
-        return ops.sum(ops.stack(total)) if len(total) > 1 else total[0]
+        loss = ops.sum(ops.stack(total)) if len(total) > 1 else total[0]
+        record = StepRecord(finite=ops.isfinite(loss), updates=updates)
+        local = self._lossplug_local.value
+        local.record = record  # for the backend's train_step
+        if training and not getattr(local, "defer_updates", False):
+            # A custom loop (or JAX's stateless step): apply the updates now, where the
+            # loss is finite; the trainer of the backend guards the rest.
+            record.apply_updates(record.finite)
+        if not getattr(local, "in_step", False):  # a custom loop: log the loss like fit does
+            self._loss_tracker.update_state(
+                _unscaled_for_logs(loss),
+                sample_weight=ops.shape(keras.tree.flatten(y_pred)[0])[0],
+            )
+        if not _backend.current().is_traced(loss):
+            runtime.raise_reported()
+        return loss
 
-    def _term_weight(self, b: _BoundTerm) -> Any:
+    def _term_weight(self, b: BoundTerm) -> Any:
         """The term's weight now: a Python float for constants, else a float32 tensor."""
         schedule: Schedule = b.term.weight
         if isinstance(schedule, Constant):
@@ -616,67 +577,125 @@ class LossModel(keras.Model):
             weight = ops.convert_to_tensor(b.weight_variable)
         elif schedule.unit == "step":
             optimizer = getattr(self, "optimizer", None)
-            step = optimizer.iterations if optimizer is not None else 0
-            weight = schedule(step)
+            weight = schedule(optimizer.iterations if optimizer is not None else 0)
         else:
-            weight = schedule(self._lossplug_clock.value)
+            weight = schedule(self._lossplug_state.epoch)
         return ops.cast(weight, "float32") * b.loss_weight
+
+    # ------------------------------------------------------------------ the guarded step
+    @contextlib.contextmanager
+    def _lossplug_in_step(self, *, defer_updates: bool) -> Iterator[None]:
+        """Within a train/test step of the backend's trainer (not a custom loop).
+
+        ``defer_updates``: the trainer applies the plugins' state updates itself
+        (after the optimizer, if the step is applied); otherwise ``compute_loss``
+        assigns them (JAX: into the stateless scope; evaluation: never).
+        """
+        local = self._lossplug_local.value
+        local.in_step, local.defer_updates = True, defer_updates
+        try:
+            yield
+        finally:
+            local.in_step = local.defer_updates = False
+
+    def _lossplug_take_record(self) -> StepRecord:
+        """The record the last compute_loss of this train step left (see the trainers)."""
+        local = self._lossplug_local.value
+        record = getattr(local, "record", None)
+        local.record = None
+        if record is None:  # compute_loss overridden without calling ours
+            record = StepRecord(finite=ops.convert_to_tensor(True))
+        return record
+
+    def _lossplug_step_ok(self, record: StepRecord, gradients: Any) -> Any:
+        """Scalar bool: this step may be applied (see :mod:`lossplug.guard`)."""
+        if not self._lossplug.value["check_finite"]:
+            return ops.convert_to_tensor(True)
+        ok = record.finite
+        if gradients is not None and not isinstance(
+            self.optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            ok = ops.logical_and(ok, all_finite(gradients))
+        ok = _backend.current().all_replicas_true(ok)
+        return ops.logical_and(ok, self._lossplug_guard.failed.value == 0)
 
     @property
     def metrics(self) -> list[Any]:
         base = super().metrics
         extra: list[Any] = []
-        for b in self._lossplug.value["terms"] if hasattr(self, "_lossplug") else []:
+        if hasattr(self, "_lossplug_guard"):
+            extra.append(self._lossplug_guard)
+        for b in self._lossplug_terms_bound():
             if b.metric is not None and b.has_loss:
                 extra.append(b.metric)
             extra.extend(b.plugin_metrics.values())
         return base + extra
 
-    # ------------------------------------------------------------------ fit
+    # ------------------------------------------------------------------ fit / evaluate
     def fit(self, *args: Any, **kwargs: Any) -> Any:
-        """Keras' ``fit``, plus a callback that feeds the epoch to the terms (see the module)."""
-        term_callback = _TermCallback(self)
-        if len(args) > _FIT_CALLBACKS_POSITION:  # callbacks given positionally
-            args = list(args)
-            given = args[_FIT_CALLBACKS_POSITION]
-            args[_FIT_CALLBACKS_POSITION] = [*(given or []), term_callback]
-        else:
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), term_callback]
-        return super().fit(*args, **kwargs)
+        """Keras' ``fit``, plus a callback that moves the epoch clock and stops on failures.
 
-    # ------------------------------------------------------------------ multi-worker
-    # Keras 3's TensorFlow trainer fails under a multi-worker collective strategy for
-    # any model; see lossplug._multi_worker. These three overrides are inert otherwise.
-    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
-        strategy = self.distribute_strategy
-        if iterator is not None and data_batch is None and in_multi_worker_mode(strategy):
-            data_batch = first_local_batch(strategy, iterator)
-            iterator = None
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        With ``check_finite`` (compile's default) a step whose loss or gradients
+        are not finite is not applied and ``fit`` raises
+        :class:`lossplug.NonFiniteLossError` naming the term, epoch and batch.
+        """
+        class_weight = (
+            args[_FIT_CLASS_WEIGHT_POSITION]
+            if len(args) > _FIT_CLASS_WEIGHT_POSITION
+            else kwargs.get("class_weight")
+        )
+        y = args[1] if len(args) > 1 else kwargs.get("y")
+        x = args[0] if args else kwargs.get("x")
+        if class_weight is not None and y is None and _is_array_like(x):
+            raise FitError(
+                "fit(class_weight=...) weighs samples by their class, which needs targets: "
+                "this fit got x without y. Pass y, or drop class_weight (for a loss without "
+                "targets, weigh samples with sample_weight=... instead)."
+            )
+        callback = self._lossplug_callback()
+        args, kwargs = _with_callback(args, kwargs, _FIT_CALLBACKS_POSITION, callback)
+        try:
+            return super().fit(*args, **kwargs)
+        except LossplugError as error:
+            callback.note(error)
+            raise
 
-    def train_step(self, data: Any) -> Any:
-        return self._logs_for_strategy(super().train_step(data))
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """Keras' ``evaluate``; errors found in the data by the plugins are raised clearly."""
+        callbacks = (
+            args[_EVALUATE_CALLBACKS_POSITION]
+            if len(args) > _EVALUATE_CALLBACKS_POSITION
+            else kwargs.get("callbacks")
+        )
+        if isinstance(callbacks, keras.callbacks.CallbackList):  # fit's validation
+            return super().evaluate(*args, **kwargs)
+        callback = self._lossplug_callback()
+        args, kwargs = _with_callback(args, kwargs, _EVALUATE_CALLBACKS_POSITION, callback)
+        try:
+            return super().evaluate(*args, **kwargs)
+        except LossplugError as error:
+            callback.note(error)
+            raise
 
-    def test_step(self, data: Any) -> Any:
-        return self._logs_for_strategy(super().test_step(data))
-
-    def _logs_for_strategy(self, logs: Any) -> Any:
-        if in_multi_worker_mode(self.distribute_strategy):
-            return logs_for_replica_mean(logs)
-        return logs
+    def _lossplug_callback(self) -> TrainingCallback:
+        return TrainingCallback(self, check_finite=self._lossplug.value["check_finite"])
 
     # ------------------------------------------------------------------ save
     def get_compile_config(self) -> dict[str, Any] | None:
         config = super().get_compile_config()
         if not config:
             return config
-        state = self._lossplug.value
+        mine = self._lossplug.value["config"]
         config = dict(config)
-        config["loss"] = keras.saving.serialize_keras_object(_serializable_loss(state["loss"]))
-        config["loss_weights"] = state["loss_weights"]
-        config["check_finite"] = state.get("check_finite", True)
+        config["loss"] = keras.saving.serialize_keras_object(binding.serializable(mine["loss"]))
+        config["loss_weights"] = mine["loss_weights"]
+        config["metrics"] = keras.saving.serialize_keras_object(
+            binding.serializable(mine["metrics"])
+        )
+        config["check_finite"] = mine["check_finite"]
         config["targets"] = {
-            name: [list(shape), dtype] for name, (shape, dtype) in state.get("targets", {}).items()
+            name: [list(shape), dtype]
+            for name, (shape, dtype) in self._lossplug.value.get("targets", {}).items()
         } or None
         return config
 
@@ -687,160 +706,27 @@ class LossModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
 
-def _check_steps_per_execution(steps_per_execution: int, strategy: Any) -> None:
-    """Refuse what Keras 3.15 cannot run, before it fails with a TensorFlow graph error.
-
-    Keras' TensorFlow trainer runs ``steps_per_execution > 1`` steps in a
-    ``tf.while_loop`` whose conditional branches cannot hold a cross-replica step
-    (keras-team/keras#19246): with two or more replicas even a plain Keras model
-    fails with "You must feed a value for placeholder tensor". tests/test_distribute.py
-    keeps a canary that turns red when Keras is fixed.
-    """
-    replicas = strategy.num_replicas_in_sync
-    if steps_per_execution > 1 and replicas > 1:
-        raise CompileError(
-            f"compile(steps_per_execution={steps_per_execution}) under "
-            f"{type(strategy).__name__} with {replicas} replicas: Keras 3 cannot run several "
-            "steps per execution across replicas (keras-team/keras#19246; a plain Keras "
-            "model fails too). Use steps_per_execution=1 with a strategy, or train "
-            "without the strategy."
-        )
+def _unscaled_for_logs(loss: Any) -> Any:
+    """The loss as Keras logs it: not divided by the number of replicas."""
+    replicas = _backend.current().num_replicas()
+    return loss * float(replicas) if replicas > 1 else loss
 
 
-def _parse_targets(targets: Mapping[str, Any] | None, outputs: list[str]) -> dict[str, Any]:
-    """``{name: shape}`` or ``{name: (shape, dtype)}`` -> ``{name: (shape tuple, dtype)}``."""
-    parsed: dict[str, Any] = {}
-    for name, value in (targets or {}).items():
-        if name in outputs or name in {"y_true", "y_pred"}:
-            raise CompileError(
-                f"compile(targets=...): {name!r} is an output (or reserved) name; declare only "
-                "targets that are not model outputs"
-            )
-        dtype = "float32"
-        if (
-            isinstance(value, list | tuple)
-            and len(value) == 2
-            and isinstance(value[1], str)
-            and isinstance(value[0], list | tuple)
-        ):
-            value, dtype = value
-        try:
-            shape = tuple(int(d) for d in value)
-        except (TypeError, ValueError):
-            raise CompileError(
-                f"compile(targets=...): the shape of {name!r} must be a tuple of ints without "
-                f"the batch axis (e.g. (32, 32, 1)), got {value!r}"
-            ) from None
-        parsed[name] = (shape, dtype)
-    return parsed
+def _is_array_like(x: Any) -> bool:
+    """Arrays (or structures of them) rather than a dataset or generator yielding (x, y)."""
+    flat = keras.tree.flatten(x) if x is not None else []
+    return bool(flat) and all(hasattr(v, "shape") and hasattr(v, "dtype") for v in flat)
 
 
-def _serializable_loss(loss: Any) -> Any:
-    if isinstance(loss, Mapping):
-        return {k: _serializable_loss(v) for k, v in loss.items()}
-    if isinstance(loss, list | tuple):
-        return [_serializable_loss(v) for v in loss]
-    if isinstance(loss, str) and loss.split(":")[-1] in registry.names():
-        return Term(loss)
-    return loss
-
-
-class _Missing:
-    pass
-
-
-_MISSING = _Missing()
-
-
-def _lookup(target: str, source: Source, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
-    if target.startswith("inputs."):
-        return inputs.get(target[len("inputs.") :], _MISSING)
-    if target.startswith("outputs."):
-        return outputs.get(target[len("outputs.") :], _MISSING)
-    first, second = (inputs, outputs) if source == Source.INPUTS else (outputs, inputs)
-    if target in first:
-        return first[target]
-    return second.get(target, _MISSING)
-
-
-def _missing_message(
-    b: _BoundTerm,
-    tensor: Any,
-    target: str,
-    inputs: dict[str, Any],
-    outputs: dict[str, Any],
-    has_targets: bool,
-) -> str:
-    spec = b.term.spec
-    bound = f" (bound to {target!r})" if target != tensor.name else ""
-    hint = ""
-    if target == "y_true" and not has_targets:
-        hint = (
-            " fit/evaluate received no targets: pass y, or bind 'y_true' to another tensor "
-            "(e.g. bind={'y_true': 'inputs.x'})."
-        )
-    elif target == "y_pred":
-        hint = (
-            " This model has several outputs: attach the term to one of them with "
-            "compile(loss={output_name: ...}) or bind 'y_pred'."
-        )
-    elif tensor.source == Source.INPUTS:
-        hint = (
-            f" If {target!r} is a target you pass in fit's y dict, declare it with "
-            f"compile(..., targets={{{target!r}: shape}}); or bind it to one of the available "
-            f"tensors: lossplug.use({spec.name!r}, bind={{{tensor.name!r}: 'name'}})."
-        )
+def _with_callback(args: Any, kwargs: dict[str, Any], position: int, callback: Any) -> Any:
+    """Add ``callback`` first to the callbacks given by keyword or position."""
+    if len(args) > position:
+        args = list(args)
+        args[position] = [callback, *(args[position] or [])]
     else:
-        hint = (
-            f" Bind it to one of the available tensors, e.g. lossplug.use({spec.name!r}, "
-            f"bind={{{tensor.name!r}: 'name'}}), or expose the layer with "
-            "LossModel(..., expose=['layer_name'])."
-        )
-    return (
-        f"loss plugin {spec.name!r} (term {b.name!r}) needs tensor {tensor.name!r}{bound} "
-        f"({tensor.kind.value}, from {tensor.source.value}), which is not available. "
-        f"Available inputs: {', '.join(sorted(inputs)) or '(none)'}; available outputs: "
-        f"{', '.join(sorted(outputs)) or '(none)'}.{hint}"
-    )
+        kwargs = dict(kwargs)
+        kwargs["callbacks"] = [callback, *(kwargs.get("callbacks") or [])]
+    return args, kwargs
 
 
-class _TermCallback(keras.callbacks.Callback):
-    """Feeds the epoch to the terms and checks the first batch for non-finite terms."""
-
-    def __init__(self, model: LossModel) -> None:
-        super().__init__()
-        self._owner = model
-        self._checked = False
-
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        owner = self._owner
-        owner._lossplug_clock.value.assign(epoch)
-        for b in owner._lossplug.value["terms"]:
-            if b.weight_variable is not None:
-                b.weight_variable.assign(b.term.weight.value_at(epoch))
-
-    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        if self._checked or not self._owner._lossplug.value.get("check_finite", True):
-            return
-        self._checked = True
-        logs = logs or {}
-        for b in self._owner._lossplug.value["terms"]:
-            if b.name not in logs:
-                continue
-            value = float(np.asarray(logs[b.name]))
-            if not math.isfinite(value):
-                who = (
-                    f"loss plugin {b.term.spec.name!r}"
-                    if b.term.spec is not None
-                    else f"Keras loss {b.term.name!r}"
-                )
-                self._owner.stop_training = True
-                raise NonFiniteLossError(
-                    f"{who} (term {b.name!r}) produced a non-finite loss ({value}) at the first "
-                    "training step. Check the inputs it reads (e.g. from_logits, label range) "
-                    "and its config; run `lossplug check "
-                    f"{b.term.spec.name if b.term.spec is not None else ''}` to test the plugin."
-                )
-
-
-__all__ = ["LossModel", "LossplugError"]
+__all__ = ["LossModel"]

@@ -12,8 +12,11 @@ Conventions (every helper follows them):
   (float16, bfloat16, float32, integers) in float32;
 * errors name the plugin: ``loss plugin 'NAME': ...``, with what to do; a
   tensor of the wrong shape raises :class:`lossplug.InvalidTensorError`;
-* class-id checks are ``tf.debugging`` assertions, so they also fire in
-  ``tf.function`` graphs (XLA drops them without changing the value).
+* class-id checks come before anything that indexes with the ids, on every
+  backend: eagerly they raise :class:`lossplug.InvalidTensorError` at once;
+  inside compiled steps they report the error through a host callback and mark
+  the term invalid, so the step is skipped and ``fit`` raises the same error
+  (see :mod:`lossplug.runtime`).
 """
 
 from __future__ import annotations
@@ -23,17 +26,23 @@ from typing import Any
 from .errors import InvalidTensorError
 
 __all__ = [
+    "binary_targets",
     "categorical_log_probabilities",
     "class_ids",
     "clipped_binary_probabilities",
     "compute_dtype",
     "is_sparse_labels",
+    "l2_normalize",
     "one_hot_targets",
     "reduce_trailing",
+    "segmentation_masks",
     "to_compute_dtype",
 ]
 
 REDUCTIONS = ("sum", "mean")
+
+#: The norm floor of :func:`l2_normalize`: 2**-10, about 9.8e-4, for every dtype.
+L2_EPSILON = 2.0**-10
 
 
 def _shape(x: Any) -> tuple[Any, ...]:
@@ -90,36 +99,52 @@ def is_sparse_labels(y_true: Any, y_pred: Any) -> bool:
 def class_ids(
     y: Any, num_classes: int, *, plugin: str, field: str | None = None, tensor: str = "y_true"
 ) -> Any:
-    """int32 class ids, with a check (also in compiled graphs) that 0 <= id < num_classes.
+    """int32 class ids, checked to lie in [0, num_classes) before anything indexes with them.
 
-    An out-of-range id would otherwise give a zero one-hot row (or, on GPU, a
-    zero row of a gathered variable) and a silently wrong loss. The check raises
-    ``tf.errors.InvalidArgumentError`` with a message naming ``plugin`` and
-    ``tensor``. When ``num_classes`` comes from the plugin's config field
-    ``field`` (e.g. "num_classes"), the message says so and how to set it;
-    otherwise it is the size of the predictions' class axis.
+    An out-of-range id would otherwise fail in a gather with a backend error
+    naming no plugin, or silently gather a wrong row (XLA and JAX clamp indices,
+    one_hot gives a zero row). A bad id raises :class:`lossplug.InvalidTensorError`
+    whose message starts with the plugin's sentence, names ``tensor``, the field
+    (``field``, e.g. "num_classes", when the class count comes from the config;
+    otherwise the predictions' class axis), the smallest and largest offending
+    ids, and what to set. Eagerly it raises at once; inside a compiled step the
+    check reports through a host callback and marks the term invalid (the step
+    is skipped, ``fit`` raises the error with the epoch and batch). The ids
+    returned are the checked ones, with offending ids replaced by 0 so that no
+    gather can fail before the check has spoken.
 
     Only the values are converted (float ids such as 2.0 become 2); the shape is
     kept.
     """
-    import tensorflow as tf
     from keras import ops
 
+    from . import runtime
+
     ids = ops.cast(y, "int32")
-    if field is None:
-        message = (
-            f"loss plugin {plugin!r}: {tensor} holds a class id outside [0, {num_classes}) for "
-            f"predictions with {num_classes} classes; check the labels (and the number of "
-            "classes)"
+    in_range = ops.logical_and(ids >= 0, ids < num_classes)
+    if 0 in tuple(ids.shape):  # an empty batch has nothing to check
+        return ids
+    bad = ops.logical_not(ops.all(in_range))
+
+    who = runtime.who(plugin)  # now, while the term's scope is open (the error may come later)
+
+    def error(smallest: Any, largest: Any) -> InvalidTensorError:
+        found = f"smallest offending id {int(smallest)}, largest {int(largest)}"
+        if field is None:
+            bound = f"[0, {num_classes}) (the predictions have {num_classes} classes)"
+            fix = "check the labels, and the number of classes of the output layer"
+        else:
+            bound = f"[0, {field}={num_classes})"
+            fix = f"set lossplug.use({plugin!r}, {field}=<the number of classes>) or fix the labels"
+        return InvalidTensorError(
+            f"{who}: {tensor} holds class ids outside {bound}: {found}. {fix}."
         )
-    else:
-        message = (
-            f"loss plugin {plugin!r}: {tensor} holds a class id outside [0, {field}="
-            f"{num_classes}); set lossplug.use({plugin!r}, {field}=<the number of classes>)"
-        )
-    tf.debugging.assert_non_negative(ids, message=message)
-    tf.debugging.assert_less(ids, num_classes, message=message)
-    return ids
+
+    # Offending ids only: in-range entries are replaced by the extreme on the other side.
+    smallest = ops.min(ops.where(in_range, ops.max(ids), ids))
+    largest = ops.max(ops.where(in_range, ops.min(ids), ids))
+    checked = runtime.check(ids, bad, error, smallest, largest)
+    return ops.where(in_range, checked, ops.zeros_like(checked))
 
 
 def one_hot_targets(
@@ -159,6 +184,107 @@ def one_hot_targets(
             f"{pred_shape}"
         )
     return ops.cast(y_true, dtype)
+
+
+def binary_targets(
+    y_true: Any, y_pred: Any, *, plugin: str, dtype: str = "float32", targets: str = "targets"
+) -> Any:
+    """Float targets for predictions whose last axis holds independent sigmoid units.
+
+    The rule of binary (sigmoid) classification and of binary masks, for C =
+    y_pred.shape[-1] units:
+
+        C = 1 and y_true of rank r(y_pred) - 1   ->  y_true[..., None] cast to ``dtype``
+                                                     e.g. (B,) 0/1 targets for (B, 1) logits
+        anything else                            ->  :func:`one_hot_targets` (class ids
+                                                     one-hot: one sigmoid per class, one-vs-
+                                                     rest; rows of y_pred's shape cast)
+
+    The targets of a single unit are taken as they are (0/1 or soft), not as class
+    ids. ``y_pred`` may be the predictions or their shape; errors are those of
+    :func:`one_hot_targets` (``targets`` names the row form in their messages).
+    """
+    from keras import ops
+
+    pred_shape = _shape(y_pred)
+    if pred_shape and pred_shape[-1] == 1 and is_sparse_labels(y_true, pred_shape):
+        return ops.expand_dims(ops.cast(y_true, dtype), -1)
+    return one_hot_targets(y_true, pred_shape, plugin=plugin, dtype=dtype, targets=targets)
+
+
+def segmentation_masks(y_true: Any, y_pred: Any, *, plugin: str) -> tuple[Any, Any]:
+    """Targets and predictions of a segmentation loss as (B, S, C) masks: (t, p).
+
+    S is the number of pixels (the spatial axes flattened, static or dynamic), C the
+    number of classes; both results are in the :func:`compute_dtype` of ``y_pred``.
+    Accepted layouts (channels last):
+
+        y_pred            y_true
+        (B, ..., C)       the same shape: one-hot, 0/1 or soft masks
+        (B, ..., C), C>1  class ids (B, ...) or (B, ..., 1), one-hot encoded (ids
+                          checked in [0, C) by :func:`class_ids`)
+        (B, ..., 1)       a binary mask without its channel axis, (B, ...)
+        (B, N)            the same shape: a flattened binary mask (C = 1, S = N)
+        (B,)              the same shape: one pixel per sample (C = 1, S = 1)
+
+    where ``...`` is one or more spatial axes. The targets' rule for C = 1 is
+    :func:`binary_targets`, for C > 1 :func:`one_hot_targets`. A static axis of
+    y_true that differs from y_pred's (batch or spatial) and any other layout raise
+    :class:`lossplug.InvalidTensorError` naming ``plugin``, both shapes and the
+    accepted layouts; y_pred needs a static channel axis when its rank is 3 or more.
+    """
+    from keras import ops
+
+    dtype = compute_dtype(y_pred)
+    p = ops.cast(ops.convert_to_tensor(y_pred), dtype)
+    pred_shape, true_shape = _shape(p), _shape(y_true)
+    rank = len(pred_shape)
+    if rank == 0:
+        raise InvalidTensorError(
+            f"loss plugin {plugin!r}: y_pred is a scalar; give channels-last masks "
+            "(B, ..., C), a flattened binary mask (B, N) or one pixel per sample (B,)"
+        )
+    if rank <= 2:
+        if len(true_shape) != rank:
+            raise InvalidTensorError(
+                f"loss plugin {plugin!r}: y_pred of shape {pred_shape} is a flattened binary "
+                f"mask, so y_true needs the same shape; got {true_shape} (for channels-last "
+                "masks (B, ..., C) give y_pred a channel axis)"
+            )
+        classes, t = 1, ops.cast(y_true, dtype)
+        got, want = true_shape, pred_shape
+    else:
+        classes = pred_shape[-1]
+        if classes is None:
+            raise InvalidTensorError(
+                f"loss plugin {plugin!r}: y_pred of shape {pred_shape} needs a static channel "
+                "(class) axis"
+            )
+        to_targets = binary_targets if classes == 1 else one_hot_targets
+        t = to_targets(y_true, p, plugin=plugin, dtype=dtype, targets="masks")
+        got, want = (true_shape[0], *_shape(t)[1:-1]), pred_shape[:-1]
+    for a, b in zip(got, want, strict=True):
+        if a is not None and b is not None and a != b:
+            raise InvalidTensorError(
+                f"loss plugin {plugin!r}: y_true of shape {true_shape} does not match y_pred "
+                f"of shape {pred_shape}; give channels-last masks (B, ..., C) of the same "
+                "batch and spatial shape (or class ids of shape (B, ...))"
+            )
+    return _as_pixels(t, classes), _as_pixels(p, classes)
+
+
+def _as_pixels(x: Any, classes: int) -> Any:
+    """(B, ..., C), or (B,) / (B, N) with C = 1, reshaped to (B, S, C)."""
+    from keras import ops
+
+    shape = _shape(x)
+    spatial = shape[1:-1] if len(shape) > 2 else shape[1:]
+    if any(axis is None for axis in spatial):
+        return ops.reshape(x, (ops.shape(x)[0], -1, classes))
+    size = 1
+    for axis in spatial:
+        size *= axis
+    return ops.reshape(x, (-1, size, classes))
 
 
 def categorical_log_probabilities(y_pred: Any, *, from_logits: bool) -> Any:
@@ -213,4 +339,52 @@ def reduce_trailing(values: Any, reduction: str = "sum") -> Any:
     axes = tuple(range(1, len(values.shape)))
     if not axes:
         return values
-    return ops.sum(values, axis=axes) if reduction == "sum" else ops.mean(values, axis=axes)
+    total = ops.sum(values, axis=axes)
+    if reduction == "sum":
+        return total
+    # sum / count rather than ops.mean: Keras 3.15's torch backend computes the mean of a
+    # float64 tensor in float32.
+    count = 1
+    for axis in axes:
+        count = count * ops.shape(values)[axis]
+    return total / ops.cast(count, total.dtype)
+
+
+def l2_normalize(x: Any, axis: int = -1, *, epsilon: float = L2_EPSILON) -> Any:
+    """x / max(||x||, epsilon) along ``axis``, with bounded, finite gradients everywhere.
+
+    With n = ||x|| (the L2 norm along ``axis``) and eps = ``epsilon``:
+
+        n >  eps:  x / n      (a unit vector); Jacobian (I - u u^T) / n, norm 1 / n < 1 / eps
+        n <= eps:  x / eps    (zero stays zero); Jacobian I / eps
+
+    so the gradient of any loss through the normalisation is at most 1 / eps times
+    the gradient with respect to the result, at, near and away from the zero vector.
+    The square root is taken with a "double where", so its infinite derivative at
+    n = 0 never enters (``sqrt(max(n^2, eps^2))`` would give 0 * inf = NaN there).
+    ``x * rsqrt(max(n^2, 1e-12))`` (TensorFlow's ``l2_normalize``, Keras'
+    ``UnitNormalization``) scales a zero row's gradient by 1e6, which is ``inf`` once
+    cast back to float16.
+
+    The default eps = 2**-10 (~9.8e-4) bounds that factor by 1024, so a float16
+    gradient stays finite for gradients below 63.96 (65504 / 1024) with respect to
+    the unit vector.
+    It is one floor for every dtype, so float16, bfloat16, float32 and float64
+    inputs give the same result on the same values (a per-dtype floor would make
+    rows with norms between two floors differ by dtype). Rows shorter than eps
+    are treated as having no direction; a row of norm 1e-3 or more is normalised
+    exactly.
+
+    Computed in :func:`compute_dtype` (float16 and bfloat16 in float32, float64
+    stays float64), which is also the dtype of the result, so that squares of
+    half-precision values neither overflow nor underflow.
+    """
+    from keras import ops
+
+    if not epsilon > 0.0:
+        raise ValueError(f"l2_normalize needs epsilon > 0, got {epsilon!r}")
+    x = to_compute_dtype(x)
+    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    long_enough = squared > epsilon * epsilon
+    norm = ops.where(long_enough, ops.sqrt(ops.where(long_enough, squared, 1.0)), epsilon)
+    return x / norm

@@ -96,6 +96,11 @@ class PluginStatus:
     detail: str = ""
 
 
+def autoload_disabled() -> bool:
+    """Whether ``LOSSPLUG_DISABLE_AUTOLOAD`` tells the registry to ignore entry points."""
+    return _truthy(os.environ.get(AUTOLOAD_ENV))
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -244,6 +249,13 @@ class Registry:
                     f"one with {DISABLE_ENV}=<distribution>:{name}."
                 )
             return candidates[0]
+
+    def disabled_entry(self, name: str) -> PluginEntry | None:
+        """The installed entry for ``name`` that ``LOSSPLUG_DISABLE`` disables, if any."""
+        name = name.split(":")[-1]
+        with self._lock:
+            disabled = [c for c in self._discover().get(name, []) if c.disabled]
+        return disabled[0] if disabled else None
 
     def _unknown(self, qualified: str, name: str) -> UnknownPluginError:
         discovered = self._discover()

@@ -47,6 +47,10 @@ class Schedule:
         """The weight at ``t`` as a Python float (for plots, docs and tests)."""
         return float(ops.convert_to_numpy(self(ops.convert_to_tensor(float(t)))))
 
+    def lowest(self) -> float | None:
+        """The smallest value the schedule takes, or None when only evaluation can tell."""
+        return None
+
     def get_config(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -65,6 +69,9 @@ class Constant(Schedule):
 
     def __call__(self, t: Any) -> Any:
         return ops.cast(self.value, "float32")
+
+    def lowest(self) -> float:
+        return self.value
 
     def get_config(self) -> dict[str, Any]:
         return {"value": self.value, "unit": self.unit}
@@ -97,6 +104,9 @@ class LinearRamp(Schedule):
         t = ops.cast(t, "float32")
         frac = ops.clip((t - self.begin) / float(self.stop - self.begin), 0.0, 1.0)
         return self.start + (self.end - self.start) * frac
+
+    def lowest(self) -> float:
+        return min(self.start, self.end)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -139,6 +149,9 @@ class Step(Schedule):
             result = ops.where(t >= boundary, ops.cast(value, "float32"), result)
         return result
 
+    def lowest(self) -> float:
+        return min(self.values)
+
     def get_config(self) -> dict[str, Any]:
         return {"boundaries": self.boundaries, "values": self.values, "unit": self.unit}
 
@@ -167,6 +180,9 @@ class Cosine(Schedule):
         t = ops.cast(t, "float32")
         frac = ops.clip((t - self.begin) / float(self.stop - self.begin), 0.0, 1.0)
         return self.end + (self.start - self.end) * 0.5 * (1.0 + ops.cos(math.pi * frac))
+
+    def lowest(self) -> float:
+        return min(self.start, self.end)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -200,10 +216,25 @@ class FromCallable(Schedule):
         return ops.cast(self.fn(int(ops.convert_to_numpy(t))), "float32")
 
     def value_at(self, t: int) -> float:
-        value = float(self.fn(int(t)))
+        name = getattr(self.fn, "__name__", repr(self.fn))
+        raw = self.fn(int(t))
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise PluginConfigError(
+                f"the weight schedule {name!r} returned {raw!r} at epoch {t}; a schedule "
+                "must return a number"
+            ) from None
         if not math.isfinite(value):
-            raise PluginConfigError(f"schedule {self.fn!r} returned {value} at epoch {t}")
+            raise PluginConfigError(
+                f"the weight schedule {name!r} returned {value} at epoch {t}; a term weight "
+                "must be finite"
+            )
         return value
+
+    def check_saveable(self) -> None:
+        """Raise :class:`lossplug.PluginConfigError` if the function cannot be saved."""
+        self.get_config()
 
     def get_config(self) -> dict[str, Any]:
         is_lambda = getattr(self.fn, "__name__", "") == "<lambda>"

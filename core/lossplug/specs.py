@@ -10,7 +10,8 @@ import enum
 import keyword
 import re
 from collections.abc import Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -56,7 +57,7 @@ KERAS_LOSS_NAMES = frozenset(
 # ``dice`` is a Keras loss name too, but our ``dice`` plugin is a superset
 # (multi-class, optional BCE term); a plugin may shadow a name only if it is
 # listed here, which keeps the exception visible and deliberate.
-SHADOWABLE_KERAS_NAMES = frozenset({"dice"})
+SHADOWABLE_KERAS_NAMES = frozenset({"dice", "tversky"})
 
 
 class Kind(enum.StrEnum):
@@ -114,6 +115,10 @@ class TensorSpec:
         optional: the plugin works without it (for example ``y_true`` for a
             self-supervised loss).
         description: one line for ``lossplug info``.
+        from_logits: for a tensor of kind ``logits``: the name of the plugin's bool
+            ``Config`` field that says whether it holds logits (``True``) or
+            probabilities (``False``). The core uses it to warn when a model output
+            ends in a softmax/sigmoid but the config says logits (or the reverse).
     """
 
     name: str = attrs.field(validator=_check_identifier)
@@ -125,6 +130,7 @@ class TensorSpec:
     classes: str | None = None
     optional: bool = False
     description: str = ""
+    from_logits: str | None = None
 
 
 def param(
@@ -309,6 +315,15 @@ def _check_properties(instance: Any, attribute: attrs.Attribute, value: tuple) -
             )
 
 
+def _check_backends(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    known = ("tensorflow", "jax", "torch")
+    if value is not None and (not value or any(b not in known for b in value)):
+        raise InvalidSpecError(
+            f"plugin spec {instance_name(instance)!r}: backends must be None (every backend) "
+            f"or a non-empty tuple of {known}, got {value!r}"
+        )
+
+
 def _check_api_version(instance: Any, attribute: attrs.Attribute, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidSpecError(
@@ -333,6 +348,10 @@ class PluginSpec:
             mining); the kit then skips the per-sample independence check.
         returns: ``"per_sample"``, ``"scalar"`` or ``"metrics"`` (no loss).
         api_version: the plugin API the plugin was built for.
+        backends: the Keras backends the plugin supports (``("tensorflow", "jax",
+            "torch")`` or a subset); ``None`` (the default) means every backend, which a
+            plugin written in ``keras.ops`` gets. Using the plugin on another backend is
+            an :class:`lossplug.UnsupportedBackendError` naming both.
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -347,6 +366,30 @@ class PluginSpec:
         default="per_sample", validator=attrs.validators.in_(("per_sample", "scalar", "metrics"))
     )
     api_version: int = attrs.field(default=API_VERSION, validator=_check_api_version)
+    backends: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple), validator=_check_backends
+    )
+
+    def __attrs_post_init__(self) -> None:
+        fields = {f.name for f in attrs.fields(self.config)}
+        for tensor in self.tensors:
+            if tensor.from_logits is not None and tensor.from_logits not in fields:
+                raise InvalidSpecError(
+                    f"plugin spec {self.name!r}: tensor {tensor.name!r} says "
+                    f"from_logits={tensor.from_logits!r}, which is not a field of its Config "
+                    f"(fields: {', '.join(sorted(fields)) or '(none)'})"
+                )
+
+    def kind_of(self, tensor: TensorSpec, config: Any) -> Kind:
+        """The kind ``tensor`` has under ``config`` (``from_logits=False``: probabilities)."""
+        says_probabilities = (
+            tensor.from_logits is not None
+            and config is not None
+            and not getattr(config, tensor.from_logits, True)
+        )
+        if says_probabilities and tensor.kind == Kind.LOGITS:
+            return Kind.PROBABILITIES
+        return tensor.kind
 
     def tensor(self, name: str) -> TensorSpec:
         for tensor in self.tensors:
@@ -395,20 +438,25 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(config).items()}
 
 
-@attrs.frozen
-class Metric:
+_NO_METRICS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Metric(NamedTuple):
     """A named metric a plugin returns next to its loss.
 
     ``aggregation="mean"`` averages over the epoch (weighted by batch size);
-    ``"sum"`` accumulates a total that is reset at each epoch (counts).
+    ``"sum"`` accumulates a total that is reset at each epoch (counts). The core
+    refuses any other value, naming the plugin.
+
+    A named tuple (immutable), like :class:`LossResult`: plugins build them inside
+    compiled steps, which every backend's tracer follows.
     """
 
     value: Any
-    aggregation: str = attrs.field(default="mean", validator=attrs.validators.in_(("mean", "sum")))
+    aggregation: str = "mean"
 
 
-@attrs.frozen
-class LossResult:
+class LossResult(NamedTuple):
     """What ``build_loss_graph`` returns.
 
     Attributes:
@@ -419,4 +467,4 @@ class LossResult:
     """
 
     loss: Any = None
-    metrics: Mapping[str, Any] = attrs.field(factory=dict)
+    metrics: Mapping[str, Any] = _NO_METRICS

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
 import keras
-import tensorflow as tf
 from keras import ops
 
+from . import runtime
 from .errors import (
     LossplugError,
     MissingTensorError,
@@ -50,12 +49,16 @@ class Term:
         keras_loss: Any = None,
         distribution: str | None = None,
         version: str | None = None,
+        allow_negative: bool = False,
     ) -> None:
         if (plugin is None) == (keras_loss is None):
             raise PluginConfigError("a Term names either a plugin or a Keras loss, not both")
         self.plugin = plugin
         self.keras_loss = keras_loss
-        self.weight: Schedule = as_schedule(weight)
+        self.allow_negative = bool(allow_negative)
+        self.weight: Schedule = _checked_weight(
+            display_name or plugin or _keras_loss_name(keras_loss), weight, self.allow_negative
+        )
         self.bind = dict(bind or {})
         for key, value in self.bind.items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -77,6 +80,7 @@ class Term:
         assert self.plugin is not None
         entry = registry.entry(self.plugin)
         self.spec = registry.spec(self.plugin)
+        check_backend(self.spec)
         if entry.entry_point is not None:
             self.distribution, self.version = entry.distribution, entry.version
         self.config = make_config(self.spec, self._raw_config)
@@ -104,6 +108,7 @@ class Term:
                 "weight": keras.saving.serialize_keras_object(self.weight),
                 "bind": self.bind,
                 "display_name": self.display_name,
+                "allow_negative": self.allow_negative,
             }
         return {
             "plugin": self.plugin,
@@ -114,7 +119,12 @@ class Term:
             "global_batch": self.global_batch,
             "distribution": self.distribution,
             "version": self.version,
+            "allow_negative": self.allow_negative,
         }
+
+    def weight_at(self, epoch: int) -> float:
+        """The weight at ``epoch`` of a weight computed in Python; errors name the term."""
+        return _weight_value(self.name, self.weight, epoch, self.allow_negative)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Term:
@@ -137,6 +147,28 @@ def _not_installed(
     plugin: str | None, distribution: str | None, version: str | None
 ) -> PluginNotInstalledError:
     """The error for a saved model whose plugin is not available here."""
+    import os
+
+    from .registry import AUTOLOAD_ENV, DISABLE_ENV, autoload_disabled
+
+    inference = (
+        " To load the model for inference without its losses, use "
+        "keras.models.load_model(path, compile=False) (or save model.inference_model())."
+    )
+    disabled = registry.disabled_entry(plugin or "")
+    if disabled is not None:
+        return PluginNotInstalledError(
+            f"this model uses the loss plugin {plugin!r}, which is installed "
+            f"({disabled.distribution} {disabled.version}) but disabled by "
+            f"{DISABLE_ENV}={os.environ.get(DISABLE_ENV, '')!r}. Remove it from that "
+            "variable to load the model with its losses." + inference
+        )
+    if autoload_disabled():
+        return PluginNotInstalledError(
+            f"this model uses the loss plugin {plugin!r}, but {AUTOLOAD_ENV} is set, so "
+            "installed plugins are ignored. Unset it (or lossplug.register(...) the plugin) "
+            "to load the model with its losses." + inference
+        )
     if not distribution:
         return PluginNotInstalledError(
             f"this model uses the loss plugin {plugin!r}, which was registered in-process "
@@ -147,9 +179,60 @@ def _not_installed(
     return PluginNotInstalledError(
         f"this model uses the loss plugin {plugin!r} from the distribution {distribution} "
         f"{version or ''}".rstrip()
-        + f", which is not installed here (or is disabled). Install it (pip install "
-        f"{distribution}{pin}) and load the model again."
+        + f", which is not installed here. Install it (pip install "
+        f"{distribution}{pin}) and load the model again." + inference
     )
+
+
+def check_backend(spec: PluginSpec) -> None:
+    """Refuse a plugin whose spec does not declare the current Keras backend."""
+    if spec.backends is None:
+        return
+    backend = keras.backend.backend()
+    if backend not in spec.backends:
+        from .errors import UnsupportedBackendError
+
+        raise UnsupportedBackendError(
+            f"loss plugin {spec.name!r} supports the Keras backends "
+            f"{', '.join(spec.backends)}; this process uses {backend!r}. Set KERAS_BACKEND to "
+            "one of them, or ask the plugin's authors for a keras.ops version."
+        )
+
+
+def _checked_weight(term: str, weight: Any, allow_negative: bool) -> Schedule:
+    """``weight`` as a schedule, refused now if it could not be saved or is negative."""
+    try:
+        schedule = as_schedule(weight)
+        if not schedule.in_graph:
+            schedule.check_saveable()
+    except PluginConfigError as exc:
+        raise PluginConfigError(f"term {term!r}: {exc}") from None
+    lowest = schedule.lowest()
+    if lowest is not None and lowest < 0 and not allow_negative:
+        raise PluginConfigError(_negative_message(term, schedule, lowest))
+    if not schedule.in_graph:
+        _weight_value(term, schedule, 0, allow_negative)
+    return schedule
+
+
+def _negative_message(term: str, schedule: Schedule, value: float, epoch: int | None = None) -> str:
+    when = "" if epoch is None else f" at epoch {epoch}"
+    return (
+        f"term {term!r}: the weight {schedule!r} is negative ({value}{when}), which makes "
+        "training maximise the term instead of minimising it. If that is intended (an "
+        "adversarial or entropy-bonus term), say so with lossplug.use(..., "
+        "allow_negative=True); otherwise use a weight >= 0."
+    )
+
+
+def _weight_value(term: str, schedule: Schedule, epoch: int, allow_negative: bool) -> float:
+    try:
+        value = schedule.value_at(epoch)
+    except PluginConfigError as exc:
+        raise PluginConfigError(f"term {term!r}: {exc}") from None
+    if value < 0 and not allow_negative:
+        raise PluginConfigError(_negative_message(term, schedule, value, epoch))
+    return value
 
 
 def _keras_loss_name(loss: Any) -> str:
@@ -167,6 +250,7 @@ def use(
     bind: Mapping[str, str] | None = None,
     display_name: str | None = None,
     global_batch: bool = False,
+    allow_negative: bool = False,
     **config: Any,
 ) -> Term:
     """Name a loss plugin with its config, for ``LossModel.compile(loss=...)``.
@@ -182,8 +266,15 @@ def use(
         display_name: the name shown in the progress bar and ``History``
             (defaults to the plugin name).
         global_batch: batch-coupled plugins mine over the global batch
-            (gathered across replicas) under a ``tf.distribute`` strategy.
+            (gathered across replicas) under a data-parallel strategy.
+        allow_negative: accept a weight (or schedule) that is negative somewhere,
+            which maximises the term; refused otherwise.
         **config: the plugin's hyper-parameters, validated now.
+
+    A weight is checked when it is given: it must be finite, non-negative (unless
+    ``allow_negative``), and saveable with the model (a Python callable only if
+    registered with ``keras.saving.register_keras_serializable``; a ``lambda``
+    is refused).
     """
     return Term(
         name,
@@ -192,6 +283,7 @@ def use(
         bind=bind,
         display_name=display_name,
         global_batch=global_batch,
+        allow_negative=allow_negative,
     )
 
 
@@ -217,20 +309,40 @@ def as_term(obj: Any) -> Term:
 
 
 # --------------------------------------------------------------------- evaluation
+def _dtype_name(dtype: Any) -> str:
+    return keras.backend.standardize_dtype(dtype)
+
+
 def _is_float(dtype: Any) -> bool:
     try:
-        return tf.as_dtype(dtype).is_floating
-    except TypeError:
+        return "float" in _dtype_name(dtype)
+    except ValueError:
         return False
 
 
-@attrs.define
 class TermOutput:
-    """What one evaluation of a term produced, validated."""
+    """What one evaluation of a term produced, validated (a plain class: see TermScope)."""
 
-    loss: Any  #: float32 per-sample tensor, float32 scalar, or None
-    per_sample: bool
-    metrics: dict[str, tuple[Any, str]]  #: name -> (float32 value, aggregation)
+    __slots__ = ("invalid", "loss", "metrics", "per_sample", "unreported", "updates")
+
+    def __init__(
+        self,
+        loss: Any,
+        per_sample: bool,
+        metrics: dict[str, tuple[Any, str]],
+        invalid: Any = None,
+        updates: list[tuple[Any, Any]] | None = None,
+        unreported: list[tuple[Any, int, Any, Any]] | None = None,
+    ) -> None:
+        self.loss = loss  #: float32 per-sample tensor, float32 scalar, or None
+        self.per_sample = per_sample
+        self.metrics = metrics  #: name -> (float32 value, aggregation)
+        #: scalar bool tensor: a check inside the plugin found unusable input (None: no check)
+        self.invalid = invalid
+        #: (variable, value) state updates the plugin asked for (training only)
+        self.updates = updates or []
+        #: failed checks the compiler could not report from the host (lossplug.runtime.check)
+        self.unreported = unreported or []
 
 
 def call_plugin(
@@ -244,13 +356,19 @@ def call_plugin(
 ) -> TermOutput:
     """Call one plugin's ``build_loss_graph`` and validate what it returns."""
     where = f"loss plugin {spec.name!r} (term {term!r})"
-    try:
-        result = caller(inputs=dict(inputs), outputs=dict(outputs), extras=extras)
-    except LossplugError:
-        raise
-    except Exception as exc:
-        exc.add_note(f"raised in {where}, build_loss_graph")
-        raise
+    with runtime.term_scope(term, spec.name, training=extras.training) as scope:
+        try:
+            result = caller(inputs=dict(inputs), outputs=dict(outputs), extras=extras)
+        except LossplugError:
+            raise
+        except Exception as exc:
+            name_the_term(exc, f"{where}, in build_loss_graph")
+            raise
+    invalid = None
+    if scope.invalid:
+        invalid = scope.invalid[0]
+        for flag in scope.invalid[1:]:
+            invalid = ops.logical_or(invalid, flag)
     if result is None and spec.returns != "metrics":
         raise PluginResultError(
             f"{where} returned None; return a lossplug.LossResult or a loss tensor"
@@ -260,14 +378,14 @@ def call_plugin(
     loss = result.loss
     per_sample = False
     if loss is not None:
-        if not (tf.is_tensor(loss) or hasattr(loss, "shape")):
+        if not hasattr(loss, "shape"):
             raise PluginResultError(
                 f"{where} returned a loss of type {type(loss).__name__}; return a tensor"
             )
         loss = ops.convert_to_tensor(loss)
         if not _is_float(loss.dtype):
             raise PluginResultError(
-                f"{where} returned a loss of dtype {tf.as_dtype(loss.dtype).name}; "
+                f"{where} returned a loss of dtype {_dtype_name(loss.dtype)}; "
                 "losses must be floating point (cast with keras.ops.cast(x, 'float32'))"
             )
         rank = len(loss.shape)
@@ -287,11 +405,35 @@ def call_plugin(
         aggregation = "mean"
         if isinstance(value, Metric):
             value, aggregation = value.value, value.aggregation
+            if aggregation not in ("mean", "sum"):
+                raise PluginResultError(
+                    f"{where} returned the metric {name!r} with aggregation={aggregation!r}; "
+                    "use 'mean' (averaged over the epoch) or 'sum' (a total per epoch)"
+                )
         value = ops.convert_to_tensor(value)
         if len(value.shape) != 0:
             value = ops.mean(ops.cast(value, "float32"))
         metrics[str(name)] = (ops.cast(value, "float32"), aggregation)
-    return TermOutput(loss=loss, per_sample=per_sample, metrics=metrics)
+    return TermOutput(
+        loss=loss,
+        per_sample=per_sample,
+        metrics=metrics,
+        invalid=invalid,
+        updates=list(scope.updates),
+        unreported=list(scope.unreported),
+    )
+
+
+def name_the_term(exc: BaseException, where: str) -> None:
+    """Make ``where`` (the plugin and term) the start of ``exc``'s message, in place.
+
+    The exception keeps its type (callers may catch it); when its message is not
+    a plain string (a TensorFlow ``OpError``, say) ``where`` becomes a note.
+    """
+    if exc.args and isinstance(exc.args[0], str) and type(exc).__str__ is BaseException.__str__:
+        exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
+    else:
+        exc.add_note(f"raised in {where}")
 
 
 def _batch_size_hint(
@@ -331,7 +473,9 @@ def reduce_per_sample(values: Any, sample_weight: Any = None) -> Any:
 
 def scale_for_distribution(value: Any) -> Any:
     """Divide by the number of replicas in sync, as Keras does for its own losses."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    from . import backend
+
+    replicas = backend.current().num_replicas()
     if replicas > 1:
         value = value * (1.0 / replicas)
     return value

@@ -15,7 +15,6 @@ from typing import Any
 import attrs
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec, hookimpl, param
 from lossplug.properties import (
@@ -365,6 +364,43 @@ class GraphBreakingCE(CrossEntropy):
         return super().compute(inputs, outputs, extras) * (scale / scale)
 
 
+class OutsideStateCenter(Center):
+    """Bug: keeps its centres in a keras.Variable of its own, not in extras.state: they are
+    neither trained nor saved (every other check passes)."""
+
+    name = "kit_bad_state"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._centres: Any = None
+
+    def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
+        x = outputs["features"]
+        dtype = compute_dtype(x)
+        if self._centres is None:
+            self._centres = keras.Variable(
+                np.zeros((extras.config.num_classes, x.shape[-1]), "float32"), name="centres"
+            )
+        c = ops.take(ops.cast(self._centres, dtype), ops.cast(inputs["y_true"], "int32"), axis=0)
+        return ops.sum(ops.square(ops.cast(x, dtype) - c), axis=-1)
+
+
+@attrs.frozen
+class TemperatureConfig:
+    temperature: float = param(1.0, doc="softmax temperature (no range declared: the bug)")
+
+
+class UnrangedTemperatureCE(CrossEntropy):
+    """Bug: a temperature without a declared range; at temperature 0 the loss is NaN."""
+
+    name = "kit_bad_range"
+    Config = TemperatureConfig
+
+    def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
+        z = ops.cast(outputs["y_pred"], compute_dtype(outputs["y_pred"]))
+        return super().compute(inputs, {"y_pred": z / extras.config.temperature}, extras)
+
+
 class NeighbourPull(Plugin):
     """Bug: pulls each sample towards the next one in the batch; declared batch-coupled, but
     the per-sample values then depend on the order of the batch."""
@@ -406,12 +442,9 @@ class SameClassSpread(Plugin):
         return ops.sum(same * d2, axis=-1) / ops.sum(same, axis=-1)
 
 
-@tf.custom_gradient
 def _squared_error_wrong_gradient(diff: Any) -> Any:
-    def grad(upstream: Any) -> Any:
-        return upstream * 3.0 * diff  # should be 2 * diff
-
-    return ops.square(diff), grad
+    """diff^2 in value, but with the gradient 3 diff (should be 2 diff), on every backend."""
+    return 1.5 * ops.square(diff) - ops.stop_gradient(0.5 * ops.square(diff))
 
 
 @attrs.frozen
@@ -435,7 +468,9 @@ class WrongGradientMSE(Plugin):
     def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
         dtype = compute_dtype(outputs["y_pred"])
         diff = ops.cast(outputs["y_pred"], dtype) - ops.cast(inputs["y_true"], dtype)
-        return ops.mean(_squared_error_wrong_gradient(diff), axis=-1)
+        # sum / D rather than ops.mean, which Keras 3.15 computes in float32 for float64
+        # inputs on JAX and torch (docs/decisions.md): the check compares in float64
+        return ops.sum(_squared_error_wrong_gradient(diff), axis=-1) / diff.shape[-1]
 
 
 def _degrees_to_radians(value: float) -> float:
@@ -566,7 +601,9 @@ MUTANTS: list[tuple[Callable[[], Plugin], str, tuple[str, ...]]] = [
     (AngleMarginCE, "config_roundtrip", ("margin",)),
     (TupleConfigCE, "config_roundtrip", ("class_weights",)),
     (SameClassSpread, "degenerate_batch", ("degenerate", "not finite")),
-    (GraphBreakingCE, "compiled", ("tf.function",)),
+    (GraphBreakingCE, "compiled", ("works eagerly but fails under",)),
+    (OutsideStateCenter, "state_store", ("outside its state store", "extras.state.variable")),
+    (UnrangedTemperatureCE, "declared_ranges", ("no declared range", "temperature=0.0")),
     (lambda: Cosine("kit_bad_bounded", (Bounded(0.0, 1.0),)), "bounded", ("outside",)),
     (
         lambda: Focal(

@@ -15,8 +15,8 @@ def test_check_passes_a_correct_plugin(register, capsys) -> None:
     assert main(["check", name, "--seed", "5"]) == 0
     out = capsys.readouterr().out
     assert "lossplug conformance" in out  # the summary table
-    assert f"ok {name}: 16 passed, 0 failed (profile quick, seed 5)" in out
-    assert "OK: 1 plugin(s), 16 check(s), 0 failed" in out
+    assert f"ok {name}: 17 passed, 0 failed (profile quick, seed 5)" in out
+    assert "OK: 1 plugin(s), 17 check(s), 0 failed" in out
 
 
 def test_check_fails_a_broken_plugin_with_a_bug_report(register, capsys) -> None:

@@ -15,7 +15,8 @@ from lossplug.testing import check_plugin, checks_for
 
 GENERIC = {
     "config_roundtrip", "finite", "finite_extremes", "degenerate_batch", "batch_order",
-    "sample_independence", "reduction", "dtypes", "gradient_fd", "compiled", "save_load",
+    "sample_independence", "reduction", "state_store", "dtypes", "gradient_fd", "compiled",
+    "save_load",
 }  # fmt: skip
 
 

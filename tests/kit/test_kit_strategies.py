@@ -90,8 +90,8 @@ def test_extreme_examples_stay_valid(ex) -> None:
     p = ex.outputs["y_pred"]
     assert np.all(p >= 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-6)
     norms = np.linalg.norm(ex.outputs["features"].astype(np.float64), axis=1)
-    assert np.all(np.isclose(norms, 1e-6, rtol=1e-3) | np.isclose(norms, 1.0, rtol=1e-3)
-                  | np.isclose(norms, 1e4, rtol=1e-3))  # fmt: skip
+    assert np.all((norms == 0.0) | np.isclose(norms, 1e-6, rtol=1e-3)
+                  | np.isclose(norms, 1.0, rtol=1e-3) | np.isclose(norms, 1e4, rtol=1e-3))  # fmt: skip
     assert np.all(np.abs(ex.outputs["logits"]) <= 1e4)
 
 
@@ -100,6 +100,7 @@ def test_extremes_reach_the_promised_values() -> None:
     find(extremes, lambda ex: np.any(ex.outputs["logits"] == 1e4))
     find(extremes, lambda ex: np.any(ex.outputs["logits"] == -1e4))
     find(extremes, lambda ex: np.any(ex.outputs["y_pred"] == 1.0))
+    find(extremes, lambda ex: np.all(ex.outputs["features"][0] == 0.0))  # a zero row
     find(extremes, lambda ex: np.isclose(np.linalg.norm(ex.outputs["features"][0]), 1e-6))
     find(extremes, lambda ex: np.isclose(np.linalg.norm(ex.outputs["features"][0]), 1e4))
     find(extremes, lambda ex: len(ex.inputs["y_true"]) > 1 and len(set(ex.inputs["y_true"])) == 1)

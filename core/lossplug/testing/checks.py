@@ -33,6 +33,7 @@ from ..properties import (
     ZeroAtPerfect,
 )
 from ..specs import Kind, PluginSpec, Source, make_config
+from . import declarations
 from . import strategies as kst
 from ._data import (
     CONTINUOUS_KINDS,
@@ -185,7 +186,8 @@ def _close(a: Any, b: Any, rtol: float, atol: float) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     both_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
-    return both_inf | (np.abs(a - b) <= atol + rtol * np.abs(b))
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN: not close, no warning
+        return both_inf | (np.abs(a - b) <= atol + rtol * np.abs(b))
 
 
 def _stable_rng(*arrays: Any) -> np.random.Generator:
@@ -317,46 +319,53 @@ def _dtypes(ctx: Context, example: Example) -> None:
 
 
 # --------------------------------------------------------------------- compiled
-_MODE_TEXT = {"function": "tf.function", "jit": "tf.function(jit_compile=True)"}
-_MODE_TOL = {"function": (1e-5, 1e-6), "jit": (1e-4, 1e-5)}
+#: Tolerances (rtol, atol) and rounding allowance of each compiled mode against eager.
+#: A mode that fuses or reorders operations (XLA: "jit" on TensorFlow, jax.jit,
+#: torch.compile) gets the looser ones.
+_MODE_TOL = {"function": (1e-5, 1e-6)}
+_FUSED_TOL = (1e-4, 1e-5)
+_ROUNDING = {"function": 8 * EPS32}
+_FUSED_ROUNDING = 32 * EPS32
 
 
 def _compiled(ctx: Context, example: Example) -> None:
+    from .harness import mode_text, modes
+
     example = ctx.prepare(example)
     eager = ctx.evaluate(example)
     expected = eager.values()
-    rounding_of = {"function": 8 * EPS32, "jit": 32 * EPS32}
     size = magnitude(ctx.spec, example)
-    for mode in ("function", "jit"):
+    texts = {mode: mode_text(mode) for mode in modes()}
+    for mode in modes()[1:]:
         try:
             got = ctx.evaluate(example, mode=mode)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise KitFailure(
-                f"the plugin works eagerly but fails under {_MODE_TEXT[mode]} (traced with a "
-                f"dynamic batch size, as Keras' fit does): {type(exc).__name__}: {first}"
+                f"the plugin works eagerly but fails under {texts[mode]} (traced as Keras' "
+                f"fit traces a training step): {type(exc).__name__}: {first}"
             ) from exc
         values = got.values()
         if set(values) != set(expected):
             raise KitFailure(
-                f"under {_MODE_TEXT[mode]} the plugin returned {sorted(values)}, eagerly "
+                f"under {texts[mode]} the plugin returned {sorted(values)}, eagerly "
                 f"{sorted(expected)}"
             )
-        rtol, atol = _MODE_TOL[mode]
-        rounding = rounding_of[mode] * size
+        rtol, atol = _MODE_TOL.get(mode, _FUSED_TOL)
+        rounding = _ROUNDING.get(mode, _FUSED_ROUNDING) * size
         for label, value in expected.items():
             other = values[label]
             if np.shape(other) != np.shape(value):
                 raise KitFailure(
-                    f"under {_MODE_TEXT[mode]} {label} has shape {np.shape(other)}, eagerly "
+                    f"under {texts[mode]} {label} has shape {np.shape(other)}, eagerly "
                     f"{np.shape(value)}"
                 )
             scale = float(np.max(np.abs(value))) if np.size(value) else 0.0
             ok = _close(other, value, rtol, atol * (1 + scale) + rounding)
             if not np.all(ok):
                 raise KitFailure(
-                    f"eager and {_MODE_TEXT[mode]} disagree: eagerly "
-                    f"{offending(label, value, ~ok)}; under {_MODE_TEXT[mode]} "
+                    f"eager and {texts[mode]} disagree: eagerly "
+                    f"{offending(label, value, ~ok)}; under {texts[mode]} "
                     f"{offending(label, other, ~ok)}"
                 )
 
@@ -464,8 +473,11 @@ def _reduction(ctx: Context, example: Example) -> None:
             f"the weighted mean of the batch's per-sample losses is {num(core)}, but the same "
             f"weighted mean of each sample's loss computed alone is {num(reference)} "
             f"(sample_weight={weights.tolist()}; per-sample losses in the batch "
-            f"{nums(loss)}, alone {nums(singles)}). The plugin reduces (or rescales) "
-            "over the batch itself; return unreduced per-sample values and let the core reduce"
+            f"{nums(loss)}, alone {nums(singles)}). A sample's loss depends on the batch it is in: "
+            "on the other samples, their number or its position (the batch_order and "
+            "sample_independence checks tell which), or the plugin rescales by the batch size "
+            "itself. Return each sample's own loss and let the core reduce; declare "
+            "batch_coupled=True if the coupling is intended"
         )
 
 
@@ -559,8 +571,9 @@ def _gradient_fd(ctx: Context, example: Example) -> None:
                     numeric[idx] = (f(hi * e) - f(-hi * e)) / (2 * hi)
                 detail += (
                     f"; autodiff gradient {np.round(grad, 6).tolist()}, finite-difference "
-                    f"gradient {np.round(numeric, 6).tolist()}. A tf.custom_gradient or a "
-                    "stop_gradient in the plugin is the usual cause"
+                    f"gradient {np.round(numeric, 6).tolist()}. A custom gradient "
+                    "(tf.custom_gradient, jax.custom_vjp), a stop_gradient, or NumPy (or "
+                    "Python float) arithmetic on tensors inside the plugin is the usual cause"
                 )
             raise KitFailure(detail, example=example)
 
@@ -772,6 +785,14 @@ def _scale_invariant(claim: ScaleInvariant) -> Callable[[Context, Any], None]:
         base = claim_values(ctx.evaluate(example))
         other = claim_values(ctx.evaluate(scaled))
         for (label, v1), (_, v2) in zip(base, other, strict=True):
+            for value, which in ((v1, "the example"), (v2, f"the example scaled by {num(factor)}")):
+                finite = _finite_mask(value)
+                if not np.all(finite):
+                    raise KitFailure(
+                        f"{offending(label, value, ~finite)} is not finite on {which}, so "
+                        "scale invariance cannot hold (see the finite checks)",
+                        example=example,
+                    )
             ok = _close(v2, v1, claim.rtol, claim.atol)
             if not np.all(ok):
                 raise KitFailure(
@@ -798,9 +819,9 @@ def _monotone(claim: Monotone) -> Callable[[Context, Example], None]:
                     f"the claim compares {claim.parameter}={value!r}, which the Config "
                     f"rejects: {exc}"
                 ) from exc
-            at = ctx.prepare(example.replace(config=config, state={}))
-            results.append((value, claim_values(ctx.evaluate(at))))
-        for (v1, r1), (v2, r2) in zip(results, results[1:], strict=False):
+            at = _same_state(ctx, example, config)
+            results.append((value, at, claim_values(ctx.evaluate(at))))
+        for (v1, _, r1), (v2, at2, r2) in zip(results, results[1:], strict=False):
             for (label, a), (_, b) in zip(r1, r2, strict=True):
                 a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
                 bad = b64 < a64 - claim.atol if claim.increasing else b64 > a64 + claim.atol
@@ -809,10 +830,26 @@ def _monotone(claim: Monotone) -> Callable[[Context, Example], None]:
                     raise KitFailure(
                         f"the plugin claims the loss is {direction} in {claim.parameter}, but "
                         f"{offending(label, a, bad)} at {claim.parameter}={v1!r} and "
-                        f"{offending(label, b, bad)} at {claim.parameter}={v2!r}"
+                        f"{offending(label, b, bad)} at {claim.parameter}={v2!r}",
+                        example=at2,
                     )
 
     return body
+
+
+def _same_state(ctx: Context, example: Example, config: Any) -> Example:
+    """``example`` under ``config``, with the same state values when their shapes still fit.
+
+    A claim comparing parameter values compares the loss, not fresh random state: the
+    state (class weights, proxies) of the first value is kept for the others unless the
+    new config gives the variables other shapes (then each gets its own initial state).
+    """
+    prepared = ctx.prepare(example)
+    fresh = ctx.prepare(prepared.replace(config=config, state={}))
+    same = set(prepared.state) == set(fresh.state) and all(
+        np.shape(prepared.state[k]) == np.shape(fresh.state[k]) for k in prepared.state
+    )
+    return fresh.replace(state=dict(prepared.state)) if same else fresh
 
 
 def _custom(claim: Custom) -> Callable[[Context, Example], None]:
@@ -993,6 +1030,27 @@ def generic_checks(spec: PluginSpec) -> list[Check]:
         )
     checks.append(
         Check(
+            "state_store",
+            "every variable comes from extras.state.variable (so it is trained and saved)",
+            lambda ctx: ctx.examples(),
+            declarations.state_store,
+            budget=0.1,
+            cap=2,
+            shrink=False,
+        )
+    )
+    if declarations.undeclared_float_fields(spec):
+        checks.append(
+            Check(
+                "declared_ranges",
+                "float parameters without a declared range work at 0 and below",
+                lambda ctx: ctx.examples(),
+                declarations.declared_ranges,
+                budget=0.2,
+            )
+        )
+    checks.append(
+        Check(
             "dtypes",
             "float16, bfloat16, float32 and float64 inputs agree",
             lambda ctx: ctx.examples(dtype="float64"),
@@ -1013,7 +1071,7 @@ def generic_checks(spec: PluginSpec) -> list[Check]:
     checks.append(
         Check(
             "compiled",
-            "eager, tf.function and jit_compile=True agree",
+            "eager and compiled (tf.function and XLA, jax.jit or torch.compile) agree",
             lambda ctx: ctx.examples(),
             _compiled,
             budget=0.2,

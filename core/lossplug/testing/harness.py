@@ -3,9 +3,11 @@
 A :class:`PluginHarness` wraps one installed or registered plugin. For each
 config and tensor layout it keeps a :class:`Session`: a
 :class:`lossplug.StateStore` probed once (as ``LossModel.compile`` does, so
-state variables exist before anything is traced) and the ``tf.function`` /
-``jit_compile=True`` functions traced for it, so that the expensive tracing and
-XLA compilation happen once per plugin, config, dtype and shape.
+state variables exist before anything is traced) and the functions the current
+backend compiled for it (``tf.function`` and XLA, ``jax.jit``, ``torch.compile``;
+see ``KIT_MODES`` in :mod:`lossplug.backend`), so that the expensive tracing and
+compilation happen once per plugin, config, dtype and shape. Gradients come
+from the backend's autodiff.
 
 Every call restores the session's state variables to the example's state (or
 to their initial values) first, so results never depend on earlier calls.
@@ -20,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import keras
 import numpy as np
-import tensorflow as tf
 
+from .. import backend
 from ..extras import Extras, StateStore
 from ..properties import Example
 from ..registry import registry
@@ -30,8 +33,16 @@ from ..specs import LossResult, PluginSpec, Source, make_config
 from ..terms import call_plugin as _core_call_plugin
 from ._data import is_batched, signature
 
-MODES = ("eager", "function", "jit")
 _MAX_SESSIONS = 64
+
+
+def modes() -> tuple[str, ...]:
+    """The ways the kit calls a plugin on this backend: "eager", then the compiled ones."""
+    return ("eager", *backend.current().KIT_MODES)
+
+
+def mode_text(mode: str) -> str:
+    return backend.current().KIT_MODES.get(mode, mode)
 
 
 @attrs.frozen
@@ -53,11 +64,20 @@ def _config_key(config: Any) -> str:
     return repr(config)
 
 
-def _tensor(value: Any, dtype: Any = None) -> tf.Tensor:
-    tensor = tf.constant(np.asarray(value))
-    if dtype is not None and tensor.dtype.is_floating:
-        tensor = tf.cast(tensor, dtype)
+def _tensor(value: Any, dtype: Any = None) -> Any:
+    array = np.asarray(value)
+    if array.dtype.name == "bfloat16":
+        import ml_dtypes
+
+        array = array.astype(ml_dtypes.bfloat16)
+    tensor = keras.ops.convert_to_tensor(array)
+    if dtype is not None and (array.dtype.kind == "f" or array.dtype.name == "bfloat16"):
+        tensor = keras.ops.cast(tensor, dtype)
     return tensor
+
+
+def _np(value: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 class Session:
@@ -108,7 +128,7 @@ class Session:
                 self.harness.caller,
                 inputs,
                 outputs,
-                self.extras(False, _int64(0), _int64(0)),
+                self.extras(False, _int(0), _int(0)),
                 term=self.spec.name,
             )
         finally:
@@ -121,9 +141,20 @@ class Session:
         values = dict(self.initial_state)
         values.update(state or {})
         if values:
-            self.store.assign({k: np.asarray(v) for k, v in values.items() if k in self.store})
+            self.store.set_values({k: np.asarray(v) for k, v in values.items() if k in self.store})
 
     # ------------------------------------------------------------------ calls
+    def _run(self, training: bool) -> Any:
+        spec, caller = self.spec, self.harness.caller
+
+        def run(inputs: dict, outputs: dict, epoch: Any, step: Any) -> Any:
+            out = _core_call_plugin(
+                spec, caller, inputs, outputs, self.extras(training, epoch, step), term=spec.name
+            )
+            return out.loss, {k: v for k, (v, _) in out.metrics.items()}
+
+        return run
+
     def call(
         self,
         example: Example,
@@ -137,55 +168,36 @@ class Session:
         self.ensure(example)
         self.restore(example.state)
         inputs, outputs = self.tensors(example, dtype)
+        args = (inputs, outputs, _int(epoch), _int(step))
         if mode == "eager":
-            out = _core_call_plugin(
-                self.spec,
-                self.harness.caller,
-                inputs,
-                outputs,
-                self.extras(training, _int64(epoch), _int64(step)),
-                term=self.spec.name,
-            )
-            loss, metrics = out.loss, {k: v for k, (v, _) in out.metrics.items()}
-        elif mode in ("function", "jit"):
-            fn = self._function(mode, training, inputs, outputs)
-            loss, metrics = fn(inputs, outputs, _int64(epoch), _int64(step))
+            loss, metrics = self._run(training)(*args)
+        elif mode in backend.current().KIT_MODES:
+            loss, metrics = self._function(mode, training, args)(*args)
         else:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise ValueError(f"mode must be one of {modes()}, got {mode!r}")
         return Outcome(
-            loss=None if loss is None else np.asarray(loss),
-            metrics={k: np.asarray(v) for k, v in metrics.items()},
+            loss=None if loss is None else _np(loss),
+            metrics={k: _np(v) for k, v in metrics.items()},
             per_sample=loss is not None and len(loss.shape) > 0,
         )
 
-    def _function(self, mode: str, training: bool, inputs: dict, outputs: dict) -> Any:
-        def spec_of(name: str, value: tf.Tensor, source: Source) -> tf.TensorSpec:
-            shape = list(value.shape)
-            declared = next(t for t in self.spec.tensors if t.name == name and t.source == source)
-            if shape and is_batched(declared):
-                shape[0] = None  # as in Keras' fit: the batch size is not static
-            return tf.TensorSpec(shape, value.dtype, name=name)
-
-        in_sig = {k: spec_of(k, v, Source.INPUTS) for k, v in inputs.items()}
-        out_sig = {k: spec_of(k, v, Source.OUTPUTS) for k, v in outputs.items()}
-        key = (mode, bool(training), _sig_key(in_sig), _sig_key(out_sig))
+    def _function(self, mode: str, training: bool, args: tuple) -> Any:
+        inputs, outputs = args[0], args[1]
+        key = (mode, bool(training), _layout(inputs), _layout(outputs))
         fn = self._compiled.get(key)
         if fn is not None:
             return fn
-        spec, caller = self.spec, self.harness.caller
+        declared = {(t.source.value, t.name): t for t in self.spec.tensors}
 
-        def run(inputs: dict, outputs: dict, epoch: Any, step: Any) -> Any:
-            out = _core_call_plugin(
-                spec, caller, inputs, outputs, self.extras(training, epoch, step), term=spec.name
-            )
-            return out.loss, {k: v for k, (v, _) in out.metrics.items()}
+        def dynamic(path: tuple) -> bool:
+            if len(path) < 2 or path[0] not in (0, 1):
+                return False
+            source = "inputs" if path[0] == 0 else "outputs"
+            tensor = declared.get((source, path[1]))
+            return tensor is not None and is_batched(tensor)
 
-        scalar = tf.TensorSpec((), tf.int64)
-        fn = tf.function(
-            run,
-            input_signature=[in_sig, out_sig, scalar, scalar],
-            jit_compile=mode == "jit",
-            autograph=False,
+        fn = backend.current().kit_compile(
+            self._run(training), mode, args, dynamic, list(self.store.variables)
         )
         self._compiled[key] = fn
         return fn
@@ -197,35 +209,38 @@ class Session:
         self.ensure(example)
         self.restore(example.state)
         inputs, outputs = self.tensors(example, dtype)
-        watched = {name: _lookup(inputs, outputs, name) for name in wrt}
+        if self.spec.returns == "metrics":
+            loss, metrics = self._run(training)(inputs, outputs, _int(0), _int(0))
+            return Outcome(None, {k: _np(v) for k, v in metrics.items()}, False), {}, {}
         variables = list(self.store.trainable_variables)
-        with tf.GradientTape() as tape:
-            for value in watched.values():
-                tape.watch(value)
+        watched = {name: _lookup(inputs, outputs, name) for name in wrt}
+
+        def objective(tensors: dict) -> Any:
+            ins = {k: tensors.get(k, v) for k, v in inputs.items()}
+            outs = {k: tensors.get(k, v) for k, v in outputs.items()}
             out = _core_call_plugin(
                 self.spec,
                 self.harness.caller,
-                inputs,
-                outputs,
-                self.extras(training, _int64(0), _int64(0)),
+                ins,
+                outs,
+                self.extras(training, _int(0), _int(0)),
                 term=self.spec.name,
             )
-            objective = tf.reduce_sum(out.loss) if out.loss is not None else None
-        outcome = Outcome(
-            loss=None if out.loss is None else np.asarray(out.loss),
-            metrics={k: np.asarray(v) for k, (v, _) in out.metrics.items()},
-            per_sample=out.per_sample,
+            metrics = {k: v for k, (v, _) in out.metrics.items()}
+            return keras.ops.sum(out.loss), (out.loss, metrics, out.per_sample)
+
+        _, aux, tensor_grads, variable_grads = backend.current().kit_gradients(
+            objective, watched, variables
         )
-        if objective is None:
-            return outcome, {}, {}
-        grads = tape.gradient(objective, [*watched.values(), *variables])
-        names = list(watched)
-        tensor_grads = {n: _np_or_none(g) for n, g in zip(names, grads[: len(names)], strict=True)}
-        state_grads = {
-            _var_name(v): _np_or_none(g)
-            for v, g in zip(variables, grads[len(names) :], strict=True)
-        }
-        return outcome, tensor_grads, state_grads
+        loss, metrics, per_sample = aux
+        outcome = Outcome(
+            loss=_np(loss), metrics={k: _np(v) for k, v in metrics.items()}, per_sample=per_sample
+        )
+        return (
+            outcome,
+            {n: _np_or_none(g) for n, g in tensor_grads.items()},
+            {_var_name(v): _np_or_none(g) for v, g in zip(variables, variable_grads, strict=True)},
+        )
 
     def raw(
         self, example: Example, wrt: Sequence[str] = (), *, training: bool = True
@@ -238,32 +253,35 @@ class Session:
         self.ensure(example)
         self.restore(example.state)
         inputs, outputs = self.tensors(example)
-        watched = {name: _lookup(inputs, outputs, name) for name in wrt}
-        with tf.GradientTape() as tape:
-            for value in watched.values():
-                tape.watch(value)
-            result = self.harness.caller(
-                inputs=dict(inputs),
-                outputs=dict(outputs),
-                extras=self.extras(training, _int64(0), _int64(0)),
-            )
+        extras = self.extras(training, _int(0), _int(0))
+
+        def objective(tensors: dict) -> Any:
+            ins = {k: tensors.get(k, v) for k, v in inputs.items()}
+            outs = {k: tensors.get(k, v) for k, v in outputs.items()}
+            result = self.harness.caller(inputs=ins, outputs=outs, extras=extras)
             loss = result.loss if isinstance(result, LossResult) else result
-            loss = tf.convert_to_tensor(loss)
-            objective = tf.reduce_sum(loss)
-        grads = tape.gradient(objective, list(watched.values())) if watched else []
-        return (
-            float(objective.numpy()),
-            loss.dtype.name,
-            {n: _np_or_none(g) for n, g in zip(watched, grads, strict=True)},
+            loss = keras.ops.convert_to_tensor(loss)
+            return keras.ops.sum(loss), keras.backend.standardize_dtype(loss.dtype)
+
+        if not wrt:
+            value, dtype = objective({})
+            return float(_np(value)), dtype, {}
+        watched = {name: _lookup(inputs, outputs, name) for name in wrt}
+        value, dtype, grads, _ = backend.current().kit_gradients(objective, watched, [])
+        return float(_np(value)), dtype, {n: _np_or_none(g) for n, g in grads.items()}
+
+
+def _int(value: Any) -> Any:
+    return keras.ops.convert_to_tensor(np.int32(value))
+
+
+def _layout(tensors: Mapping[str, Any]) -> tuple:
+    return tuple(
+        sorted(
+            (k, tuple(v.shape), keras.backend.standardize_dtype(v.dtype))
+            for k, v in tensors.items()
         )
-
-
-def _int64(value: Any) -> tf.Tensor:
-    return tf.constant(value, dtype=tf.int64)
-
-
-def _sig_key(sig: Mapping[str, tf.TensorSpec]) -> tuple:
-    return tuple(sorted((k, tuple(v.shape.as_list()), v.dtype.name) for k, v in sig.items()))
+    )
 
 
 def _lookup(inputs: Mapping[str, Any], outputs: Mapping[str, Any], name: str) -> Any:
@@ -275,9 +293,7 @@ def _lookup(inputs: Mapping[str, Any], outputs: Mapping[str, Any], name: str) ->
 def _np_or_none(value: Any) -> np.ndarray | None:
     if value is None:
         return None
-    if isinstance(value, tf.IndexedSlices):
-        value = tf.convert_to_tensor(value)
-    return np.asarray(value)
+    return _np(value)
 
 
 def _var_name(variable: Any) -> str:
@@ -291,6 +307,9 @@ class PluginHarness:
         self.name = name
         self.entry = registry.entry(name)
         self.spec: PluginSpec = registry.spec(name)
+        from ..terms import check_backend
+
+        check_backend(self.spec)
         self.caller = registry.hook_caller(name)
         self._sessions: OrderedDict[Any, Session] = OrderedDict()
 
@@ -382,4 +401,12 @@ def call_plugin(
     return outcome.loss, outcome.metrics
 
 
-__all__ = ["MODES", "Outcome", "PluginHarness", "Session", "call_plugin", "harness_for"]
+__all__ = [
+    "Outcome",
+    "PluginHarness",
+    "Session",
+    "call_plugin",
+    "harness_for",
+    "mode_text",
+    "modes",
+]

@@ -97,6 +97,15 @@ class KitHead(keras.layers.Layer):
         }
 
 
+@keras.saving.register_keras_serializable(package="lossplug_testing")
+class KitZeroLoss(keras.losses.Loss):
+    """0 * y_pred: the trainable loss next to a metric plugin given in ``metrics=``."""
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        values = ops.cast(y_pred, "float32")
+        return 0.0 * ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=-1)
+
+
 def _activation(kind: Kind, rank: int) -> str:
     if kind in (Kind.PROBABILITIES, Kind.ONE_HOT):
         return "softmax" if rank >= 1 else "sigmoid"
@@ -193,12 +202,23 @@ def save_and_load(ctx: Any, example: Example) -> None:
     model, x, y = build_model(spec, example)
     n = next(iter(x.values())).shape[0]
     term = lossplug.use(spec.name, **_config_values(example.config))
-    _stage(
-        "LossModel.compile(loss=lossplug.use(...))",
-        model.compile,
-        optimizer=keras.optimizers.SGD(0.01),
-        loss=term,
-    )
+    if spec.returns == "metrics":
+        if y is None:  # targets for the zero loss; the plugin reads none
+            y = np.zeros((n, 1), "float32")
+        _stage(
+            "LossModel.compile(metrics=[lossplug.use(...)])",
+            model.compile,
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=KitZeroLoss(),
+            metrics=[term],
+        )
+    else:
+        _stage(
+            "LossModel.compile(loss=lossplug.use(...))",
+            model.compile,
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=term,
+        )
     if spec.returns != "metrics":
         with warnings.catch_warnings():
             # The generated model's unused prediction head gets no gradient: that is expected.
@@ -247,4 +267,4 @@ def save_and_load(ctx: Any, example: Example) -> None:
             raise KitFailure(f"the variable {path!r} changed when the model was saved and loaded")
 
 
-__all__ = ["KitHead", "KitTrunk", "SkipCheck", "build_model", "save_and_load"]
+__all__ = ["KitHead", "KitTrunk", "KitZeroLoss", "SkipCheck", "build_model", "save_and_load"]

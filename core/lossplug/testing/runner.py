@@ -23,17 +23,13 @@ Progress = Callable[[str, int, int, "CheckResult | None"], None]
 
 
 @contextlib.contextmanager
-def _quiet_tensorflow() -> Iterator[None]:
-    """Silence TensorFlow's retracing warnings: the kit traces many small functions on purpose."""
-    import tensorflow as tf
+def _kit_context() -> Iterator[None]:
+    """The backend's settings for the kit: quiet retracing, float64 available (JAX)."""
+    from .. import backend
 
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel("ERROR")
-    try:
+    impl = backend.current()
+    with impl.quiet(), impl.kit_scope():
         yield
-    finally:
-        logger.setLevel(level)
 
 
 def _as_example(value: Any) -> Example | None:
@@ -89,7 +85,7 @@ def run_one(
         return result
     wrapped = hypothesis_seed(seed)(settings(base, **overrides)(given(strategy)(test)))
     try:
-        with _quiet_tensorflow():
+        with _kit_context():
             wrapped()
     except SkipCheck as exc:
         result.status, result.message = SKIPPED, str(exc)

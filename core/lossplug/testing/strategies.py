@@ -21,7 +21,8 @@ logits               uniform in [-20, 20]         +-1e4 and 0 mixed with any val
 probabilities        rows on the simplex, > 0     rows with exact 0 and 1 entries
 one_hot, labels      one-hot / ids in [0, C)      often all labels equal
 binary_labels        0 / 1                        0 / 1, often all equal
-embeddings           uniform in [-10, 10]         rows of norm 1e-6, 1 or 1e4
+embeddings           uniform in [-10, 10]         rows of norm 0 (zero rows), 1e-6,
+                                                  1 or 1e4
 images, masks        uniform in [0, 1]            exactly 0 or 1
                      (target masks: 0 / 1)
 real, any            uniform in [-10, 10]         +-1e4 and 0 mixed with any value
@@ -64,7 +65,9 @@ DIM_FIELD_SPAN = 4
 LOGIT_RANGE = 20.0
 REAL_RANGE = 10.0
 EXTREME = 1e4
-EMBEDDING_NORMS = (1e-6, 1.0, 1e4)
+#: Row norms of extreme embeddings: zero and near-zero rows (where a normalisation
+#: x / ||x|| has its singular point) among tiny, unit and huge ones.
+EMBEDDING_NORMS = (0.0, 1e-6, 1.0, 1e4)
 #: Rows of typical embeddings have at least this norm (smaller ones are extremes).
 MIN_TYPICAL_NORM = 0.1
 

@@ -79,9 +79,9 @@ def lossplug_spec() -> PluginSpec:
             ),
             TensorSpec(
                 "y_pred",
-                Kind.LOGITS,
+                Kind.ANY,
                 shape=("B", "C"),
-                description="logits or probabilities (the arg-max is the same)",
+                description="class scores: logits or probabilities (the arg-max is the same)",
             ),
         ),
         returns="metrics",

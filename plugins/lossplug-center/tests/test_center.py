@@ -223,9 +223,11 @@ def test_bad_feature_and_label_shapes_are_explained():
 
 
 def test_out_of_range_class_ids_fail_loudly():
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside \[0, num_classes=3\)"):
+    with pytest.raises(
+        lossplug.InvalidTensorError, match=r"outside \[0, num_classes=3\): smallest offending id 12"
+    ):
         run(np.array([0, 12]), np.zeros((2, 4), np.float32), num_classes=3)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes=<the number"):
+    with pytest.raises(lossplug.InvalidTensorError, match="num_classes=<the number"):
         run(np.array([-1]), np.zeros((1, 4), np.float32), num_classes=3)
 
 

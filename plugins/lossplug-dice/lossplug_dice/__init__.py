@@ -4,8 +4,10 @@ Masks are channels-last: ``y_true`` (targets, 0/1 or soft, one-hot over classes 
 multi-class masks) and ``y_pred`` (probabilities: sigmoid or softmax outputs) of
 shape (B, ..., C), e.g. (B, H, W, C); C = 1 for a binary mask. A rank-2 tensor
 (B, N) is a flattened binary mask (one class of N pixels); a rank-1 tensor (B,)
-is one pixel per sample. With p = y_pred, t = y_true, for every sample b and
-class c, the sums running over the spatial axes::
+is one pixel per sample. Targets may also be class ids (B, ...) or (B, ..., 1) for
+C > 1 classes, and a binary mask may omit its channel axis (the layouts of
+``lossplug.numerics.segmentation_masks``). With p = y_pred, t = y_true, for every
+sample b and class c, the sums running over the spatial axes::
 
     I_c = sum(p * t),   P_c = sum(p),   T_c = sum(t)
     dice_c = (2 * I_c + smooth) / (P_c + T_c + smooth)      (1 when P_c + T_c + smooth = 0)
@@ -46,10 +48,11 @@ import attrs
 import lossplug
 from keras import ops
 from lossplug import Kind, PluginSpec, TensorSpec
-from lossplug.numerics import compute_dtype, reduce_trailing
+from lossplug.numerics import reduce_trailing, segmentation_masks
 
 from .claims import CLAIMS
 
+NAME = "dice"
 #: Lower clamp of the probabilities inside the logs of the BCE term.
 EPSILON = 1e-7
 
@@ -72,24 +75,10 @@ class Config:
     )
 
 
-def _as_masks(x: Any, dtype: str) -> Any:
-    """Shape (B, ..., C) in ``dtype``: a (B,) tensor becomes (B, 1, 1), (B, N) becomes (B, N, 1)."""
-    x = ops.cast(x, dtype)
-    if len(x.shape) == 1:
-        x = ops.expand_dims(x, -1)
-    if len(x.shape) == 2:
-        x = ops.expand_dims(x, -1)
-    return x
-
-
-def dice_per_class(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
-    """Soft Dice ratio (2 I + smooth) / (P + T + smooth) per sample and class, shape (B, C)."""
-    y_pred = ops.convert_to_tensor(y_pred)
-    dtype = compute_dtype(y_pred)
-    t, p = _as_masks(y_true, dtype), _as_masks(y_pred, dtype)
-    spatial = tuple(range(1, len(p.shape) - 1))
-    intersection = ops.sum(p * t, axis=spatial)
-    total = ops.sum(p, axis=spatial) + ops.sum(t, axis=spatial) + smooth
+def _ratios(t: Any, p: Any, smooth: float) -> Any:
+    """(2 I + smooth) / (P + T + smooth) for (B, S, C) masks, shape (B, C); 1 when 0/0."""
+    intersection = ops.sum(p * t, axis=1)
+    total = ops.sum(p, axis=1) + ops.sum(t, axis=1) + smooth
     # total is 0 only when smooth == 0 and both masks are empty: a perfect match (ratio 1).
     # The safe denominator keeps the unused branch (and its gradient) finite.
     safe_total = ops.where(total > 0.0, total, ops.ones_like(total))
@@ -97,22 +86,34 @@ def dice_per_class(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
     return ops.where(total > 0.0, ratio, ops.ones_like(ratio))
 
 
-def binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
-    """Mean BCE over the elements of each sample, shape (B,); exactly 0 at p = t in {0, 1}."""
-    y_pred = ops.convert_to_tensor(y_pred)
-    dtype = compute_dtype(y_pred)
-    t, p = _as_masks(y_true, dtype), _as_masks(y_pred, dtype)
+def _bce(t: Any, p: Any) -> Any:
+    """Mean BCE over the (B, S, C) elements of each sample, shape (B,)."""
     per_element = -(
         t * ops.log(ops.maximum(p, EPSILON)) + (1.0 - t) * ops.log(ops.maximum(1.0 - p, EPSILON))
     )
     return reduce_trailing(per_element, "mean")
 
 
+def dice_per_class(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
+    """Soft Dice ratio (2 I + smooth) / (P + T + smooth) per sample and class, shape (B, C).
+
+    Any mask layout of :func:`lossplug.numerics.segmentation_masks` (channels last,
+    class ids, flattened binary masks).
+    """
+    return _ratios(*segmentation_masks(y_true, y_pred, plugin=NAME), smooth)
+
+
+def binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
+    """Mean BCE over the elements of each sample, shape (B,); exactly 0 at p = t in {0, 1}."""
+    return _bce(*segmentation_masks(y_true, y_pred, plugin=NAME))
+
+
 def dice_loss(y_true: Any, y_pred: Any, smooth: float = 1.0, bce_weight: float = 0.0) -> Any:
     """1 - mean over classes of the Dice ratio (+ bce_weight * BCE), per sample, shape (B,)."""
-    loss = 1.0 - ops.mean(dice_per_class(y_true, y_pred, smooth), axis=-1)
+    t, p = segmentation_masks(y_true, y_pred, plugin=NAME)
+    loss = 1.0 - ops.mean(_ratios(t, p, smooth), axis=-1)
     if bce_weight:
-        loss = loss + bce_weight * binary_crossentropy(y_true, y_pred)
+        loss = loss + bce_weight * _bce(t, p)
     return loss
 
 
@@ -128,7 +129,8 @@ def lossplug_spec() -> PluginSpec:
                 Kind.MASKS,
                 source="inputs",
                 shape=("B", "H", "W", "C"),
-                description="target masks (one-hot over C classes; C = 1 for binary)",
+                description="target masks (one-hot over C classes, C = 1 for binary; or class "
+                "ids (B, H, W))",
             ),
             TensorSpec(
                 "y_pred",
@@ -146,18 +148,12 @@ def build_loss_graph(
     inputs: Mapping[str, Any], outputs: Mapping[str, Any], extras: lossplug.Extras
 ) -> Any:
     config: Config = extras.config
-    y_true, y_pred = inputs["y_true"], outputs["y_pred"]
-    if len(y_true.shape) != len(y_pred.shape):
-        raise lossplug.PluginConfigError(
-            f"loss plugin 'dice': y_true has shape {tuple(y_true.shape)} and y_pred has shape "
-            f"{tuple(y_pred.shape)}; give both the same channels-last shape (B, ..., C), "
-            "with one-hot targets for multi-class masks"
-        )
-    return dice_loss(y_true, y_pred, config.smooth, config.bce_weight)
+    return dice_loss(inputs["y_true"], outputs["y_pred"], config.smooth, config.bce_weight)
 
 
 __all__ = [
     "EPSILON",
+    "NAME",
     "Config",
     "binary_crossentropy",
     "build_loss_graph",

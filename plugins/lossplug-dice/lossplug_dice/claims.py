@@ -9,20 +9,11 @@ Zero at a perfect mask holds for every config: the BCE term is exactly 0 there t
 
 from __future__ import annotations
 
-import numpy as np
-from lossplug.properties import Bounded, Example, Symmetric, ZeroAtPerfect
+from lossplug.properties import Bounded, Symmetric, ZeroAtPerfect
+from lossplug.reference import perfect_mask
 
 #: The Config values at which the bounds and the symmetry hold.
 WITHOUT_BCE = {"bce_weight": 0.0}
-
-
-def perfect_mask(example: Example) -> Example:
-    """y_true rounded to a 0/1 mask, predicted exactly."""
-    target = np.asarray(example.inputs["y_true"])
-    mask = np.round(np.clip(target.astype(np.float64), 0.0, 1.0))
-    return example.with_tensor("y_true", mask.astype(target.dtype)).with_tensor(
-        "y_pred", mask.astype(np.asarray(example.outputs["y_pred"]).dtype)
-    )
 
 
 CLAIMS = (

@@ -286,9 +286,27 @@ def test_bad_config_is_refused_naming_plugin_field_and_rule(config, words):
         assert word in str(info.value)
 
 
-def test_masks_of_different_ranks_are_refused_with_the_convention():
-    with pytest.raises(lossplug.PluginConfigError, match=r"channels-last shape \(B, \.\.\., C\)"):
-        call(np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4, 1), np.float32))
+def test_class_id_masks_and_channel_free_binary_masks_are_accepted():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 3, size=(2, 4, 5))
+    y_pred = rng.uniform(size=(2, 4, 5, 3)).astype("float32")
+    expected = call(np.eye(3, dtype="float32")[ids], y_pred, bce_weight=0.5)
+    np.testing.assert_allclose(call(ids, y_pred, bce_weight=0.5), expected, rtol=1e-6)
+    np.testing.assert_allclose(call(ids[..., None], y_pred, bce_weight=0.5), expected, rtol=1e-6)
+    binary = (ids == 1).astype("float32")
+    np.testing.assert_allclose(
+        call(binary, y_pred[..., 1:2]), call(binary[..., None], y_pred[..., 1:2]), rtol=1e-6
+    )
+
+
+def test_mismatched_masks_are_refused_with_the_convention():
+    y_pred = np.full((2, 4, 4, 3), 1 / 3, np.float32)
+    with pytest.raises(lossplug.InvalidTensorError, match=r"'dice'.*channels-last masks \(B, "):
+        call(np.zeros((2, 4, 2, 3), np.float32), y_pred)
+    with pytest.raises(lossplug.InvalidTensorError, match="'dice'.*class ids of shape"):
+        call(np.zeros((2, 4, 4, 2), np.float32), y_pred)
+    with pytest.raises(lossplug.InvalidTensorError, match="'dice'.*flattened binary mask"):
+        call(np.zeros((2, 16, 1), np.float32), np.zeros((2, 16), np.float32))
 
 
 def test_dice_name_means_the_plugin_in_a_loss_model():

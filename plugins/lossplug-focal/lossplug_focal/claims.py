@@ -9,20 +9,9 @@ import attrs
 import numpy as np
 from lossplug.numerics import is_sparse_labels
 from lossplug.properties import Example
+from lossplug.reference import dense_targets
 
 _EPS = 1e-7  # keras.config.epsilon() default, used for probabilities
-
-
-def dense_targets(y_true: Any, pred_shape: tuple[int, ...], mode: str) -> np.ndarray:
-    """Same rule as :func:`lossplug_focal.loss.dense_targets`, in NumPy."""
-    y_true = np.asarray(y_true)
-    num_classes = pred_shape[-1]
-    if is_sparse_labels(y_true, pred_shape):
-        ids = y_true.reshape(pred_shape[:-1])
-        if mode == "binary" and num_classes == 1:
-            return ids.astype(np.float64)[..., None]
-        return np.eye(num_classes, dtype=np.float64)[ids.astype(np.int64)]
-    return y_true.astype(np.float64)
 
 
 def as_distribution(y_pred: Any) -> np.ndarray:
@@ -46,7 +35,7 @@ def cross_entropy_reference(example: Example) -> np.ndarray:
     if cfg.mode == "categorical" and not cfg.from_logits:
         y_pred = as_distribution(y_pred)
     if cfg.mode == "binary":
-        target = dense_targets(y_true, y_pred.shape, "binary")
+        target = dense_targets(y_true, y_pred.shape, binary=True)
         value = keras.losses.binary_crossentropy(target, y_pred, from_logits=cfg.from_logits)
     elif is_sparse_labels(y_true, y_pred):
         value = keras.losses.sparse_categorical_crossentropy(
@@ -73,7 +62,7 @@ def _hard_example(example: Example) -> tuple[Example, np.ndarray]:
     """
     cfg = example.config
     y_pred = np.asarray(example.outputs["y_pred"], dtype=np.float64)
-    target = dense_targets(example.inputs["y_true"], y_pred.shape, cfg.mode)
+    target = dense_targets(example.inputs["y_true"], y_pred.shape, binary=cfg.mode == "binary")
     if cfg.mode == "binary":
         t = np.round(target).reshape(-1, 1)
         z = y_pred.reshape(-1, 1)

@@ -31,10 +31,10 @@ from typing import Any
 
 from keras import ops
 from lossplug.numerics import (
+    binary_targets,
     categorical_log_probabilities,
     clipped_binary_probabilities,
     compute_dtype,
-    is_sparse_labels,
     one_hot_targets,
     to_compute_dtype,
 )
@@ -42,20 +42,6 @@ from lossplug.numerics import (
 PLUGIN = "focal"
 #: floor of 1 - p_t inside the modulating factor (finite gradient for gamma < 1)
 _FLOOR = 1e-12
-
-
-def dense_targets(
-    y_true: Any, pred_shape: tuple[Any, ...], mode: str, dtype: str = "float32"
-) -> Any:
-    """Float targets with y_pred's shape.
-
-    Class ids become one-hot rows (checked to lie in [0, C)); in binary mode with
-    a single output unit (y_pred of shape (B, 1)), targets of shape (B,) are the
-    0/1 targets themselves.
-    """
-    if mode == "binary" and pred_shape[-1] == 1 and is_sparse_labels(y_true, pred_shape):
-        return ops.expand_dims(ops.cast(y_true, dtype), -1)
-    return one_hot_targets(y_true, pred_shape, plugin=PLUGIN, dtype=dtype)
 
 
 def _modulator(one_minus_pt: Any, gamma: float) -> Any:
@@ -104,6 +90,8 @@ def focal_loss(
     from_logits: bool = True,
 ) -> Any:
     """Per-sample focal loss, shape ``y_pred.shape[:-1]``; see the module docstring."""
-    target = dense_targets(y_true, tuple(y_pred.shape), mode, compute_dtype(y_pred))
+    # binary: one sigmoid per class (class ids one-vs-rest), or (B,) 0/1 targets of one unit
+    to_targets = binary_targets if mode == "binary" else one_hot_targets
+    target = to_targets(y_true, tuple(y_pred.shape), plugin=PLUGIN, dtype=compute_dtype(y_pred))
     fn = binary_focal if mode == "binary" else categorical_focal
     return fn(target, y_pred, gamma=gamma, alpha=alpha, from_logits=from_logits)

@@ -295,7 +295,7 @@ def test_alpha_none_is_accepted_and_saved():
 
 def test_out_of_range_class_ids_fail_loudly():
     for mode in ("categorical", "binary"):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"class id outside \[0, 3\)"):
+        with pytest.raises(lossplug.InvalidTensorError, match=r"class ids outside \[0, 3\)"):
             run(np.array([0, 3]), np.zeros((2, 3), np.float32), mode=mode)
     compiled = tf.function(focal_loss, jit_compile=True)
     logits = np.array([[1.0, 2.0, 3.0]], np.float32)

@@ -66,6 +66,7 @@ SPEC = PluginSpec(
             source="outputs",
             shape=("B", "C"),
             description="logits, or probabilities with from_logits=False",
+            from_logits="from_logits",
         ),
     ),
     properties=(

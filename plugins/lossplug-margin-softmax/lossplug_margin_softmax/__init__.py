@@ -1,28 +1,35 @@
 """lossplug plugin ``margin_softmax``: ArcFace, CosFace and SphereFace in one plugin.
 
-The plugin owns trainable class weights W of shape (dim, num_classes)
-(created with ``extras.state``, trained by the model's optimizer and saved
-with it). For a feature x with class y:
+The plugin owns trainable class weights W of shape (dim, num_classes * K), K =
+``sub_centers`` (created with ``extras.state``, trained by the model's optimizer
+and saved with it); column j * K + k is the k-th sub-centre of class j. For a
+feature x with class y:
 
-    c_j = <x / ||x||, W_j / ||W_j||>             cosine to every class j
+    c_jk = <x / ||x||, W_jk / ||W_jk||>          cosine to every sub-centre
+    c_j = max_k c_jk                              cosine to every class j
     z_j = s * c_j                    (j != y)
     z_y = s * phi(c_y)                            margin on the target class only
     loss = logsumexp_j z_j - z_y                  softmax cross-entropy, >= 0
 
 with ``kind`` choosing phi (see :mod:`lossplug_margin_softmax.margins`):
 ArcFace cos(theta + m), CosFace cos(theta) - m, SphereFace psi(m theta).
-At the neutral margin (m = 0; m = 1 for SphereFace) phi(c) = c and the loss
-is the normalised-softmax cross-entropy with scale s.
+K = 1 (the default) is the plain loss, W of shape (dim, num_classes); K > 1 is
+Sub-center ArcFace (Deng et al. 2020, ECCV), for every kind: the margin acts on
+the target class's nearest (dominant) sub-centre. At the neutral margin (m = 0;
+m = 1 for SphereFace) phi(c) = c and the loss is the normalised-softmax
+cross-entropy with scale s (over the nearest sub-centres).
 
 Stability: features and weights are normalised in float32 (also under a
 float16 / bfloat16 policy; float64 stays float64). The target angle is never
 taken as arccos(c): the target cosine c and sine s = ||u - c w|| are computed
 per sample from the unit vectors and theta = atan2(s, c), which is accurate
 near 0 and pi and has finite derivatives everywhere (so no clipping of c away
-from +-1 is needed, and none can bias the loss); the margin enters only as the
-difference s * (phi - c_y) added to the target logit, and the cross-entropy
-is a log-sum-exp. Memory: one (batch, num_classes) cosine matrix and the
-logits (no one-hot matrix, no per-class angles).
+from +-1 is needed, and none can bias the loss); the margin enters only
+through the target logit, s * phi in place of s * c_y (a ``where`` on the
+target mask), and the cross-entropy is a log-sum-exp. Memory: one
+(batch, num_classes * K) cosine matrix, its (batch, num_classes) maximum over
+the sub-centres when K > 1, and the logits (no one-hot matrix, no per-class
+angles).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import attrs
 import lossplug
 import numpy as np
 from lossplug import Kind, LossResult, PluginConfigError, PluginSpec, TensorSpec, param
+from lossplug.numerics import L2_EPSILON
 from lossplug.properties import Custom, Example, NonNegative, ReducesTo
 
 from .margins import (
@@ -47,6 +55,7 @@ __all__ = [
     "build_loss_graph",
     "lossplug_spec",
     "margin_softmax_loss",
+    "nearest_class",
     "normalised_softmax_reference",
 ]
 
@@ -85,6 +94,15 @@ class Config:
         "from about 1000 to 5 for stable training",
         neutral=0.0,
     )
+    sub_centers: int = param(
+        1,
+        low=1,
+        kind=int,
+        doc="K sub-centres per class (Sub-center ArcFace, Deng et al. 2020; the paper uses 3): "
+        "W has num_classes * K columns and the cosine to a class is the largest of its K; "
+        "1 is one centre per class",
+        neutral=1,
+    )
 
     def __attrs_post_init__(self) -> None:
         margin = self.resolved_margin
@@ -112,12 +130,41 @@ class Config:
 
 
 # --------------------------------------------------------------------- claims (NumPy)
+def nearest_class(
+    features: Any, class_weights: Any, sub_centers: int = 1, *, return_sub_center: bool = False
+) -> Any:
+    """Predicted class ids (B,): the class whose nearest sub-centre is closest in angle.
+
+    NumPy. ``features`` (B, D), ``class_weights`` the plugin's W (D, num_classes * K)
+    (e.g. ``model.term_state("margin_softmax")["class_weights"]``), K = ``sub_centers``.
+    The class of x is argmax_j max_k cos(x, W_jk); with ``return_sub_center=True`` also
+    the index k of that class's nearest sub-centre (the dominant one for x).
+    """
+    cosines = _sub_center_cosines(np.asarray(features), np.asarray(class_weights), sub_centers)
+    best = cosines.max(axis=2)
+    classes = best.argmax(axis=1)
+    if not return_sub_center:
+        return classes
+    return classes, cosines[np.arange(len(classes)), classes].argmax(axis=1)
+
+
+def _sub_center_cosines(features: np.ndarray, weights: np.ndarray, sub_centers: int) -> np.ndarray:
+    """cos(x_i, W_jk) as (B, num_classes, K), float64, normalised as the plugin does."""
+    features = np.asarray(features, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    # the plugin's normalisation: lossplug.numerics.l2_normalize, x / max(||x||, eps)
+    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), L2_EPSILON)
+    weights = weights / np.maximum(np.linalg.norm(weights, axis=0, keepdims=True), L2_EPSILON)
+    cosines = features @ weights
+    return cosines.reshape(len(cosines), -1, sub_centers)
+
+
 def _normalised_cosines(example: Example) -> np.ndarray:
-    features = np.asarray(example.outputs["features"], dtype=np.float64)
-    weights = np.asarray(example.state[WEIGHTS], dtype=np.float64)
-    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-6)
-    weights = weights / np.maximum(np.linalg.norm(weights, axis=0, keepdims=True), 1e-6)
-    return features @ weights
+    """cos(x, class j) = max over its sub-centres, (B, num_classes)."""
+    cosines = _sub_center_cosines(
+        example.outputs["features"], example.state[WEIGHTS], example.config.sub_centers
+    )
+    return cosines.max(axis=2)
 
 
 def normalised_softmax_reference(example: Example) -> np.ndarray:
@@ -146,6 +193,33 @@ def _check_monotone_in_margin(example: Example, loss_fn: Any) -> None:
                 f"{previous} -> {value}"
             )
         previous = value
+
+
+def _check_sub_centers_are_the_nearest_ones(example: Example, loss_fn: Any) -> None:
+    """With K sub-centres, each sample's loss is the one-centre (K = 1) loss with, for each
+    class, the sub-centre nearest to that sample as the class weight."""
+    config = example.config
+    sub_centers = config.sub_centers
+    features = np.asarray(example.outputs["features"])
+    weights = np.asarray(example.state[WEIGHTS])
+    labels = np.asarray(example.inputs["y_true"])
+    got = np.asarray(loss_fn(example), dtype=np.float64)
+    nearest = _sub_center_cosines(features, weights, sub_centers).argmax(axis=2)  # (B, C)
+    single = attrs.evolve(config, sub_centers=1)
+    classes = np.arange(config.num_classes)
+    for i in range(len(features)):
+        columns = classes * sub_centers + nearest[i]
+        one = example.replace(
+            inputs={**example.inputs, "y_true": labels[i : i + 1]},
+            outputs={**example.outputs, "features": features[i : i + 1]},
+            config=single,
+            state={**example.state, WEIGHTS: weights[:, columns]},
+        )
+        expected = float(np.asarray(loss_fn(one), dtype=np.float64)[0])
+        assert abs(got[i] - expected) <= 1e-4 * (1.0 + abs(expected)), (
+            f"margin_softmax with sub_centers={sub_centers}: sample {i} has loss {got[i]!r}, "
+            f"but the sub_centers=1 loss with its nearest sub-centres is {expected!r}"
+        )
 
 
 def _at_neutral(kind: str) -> dict[str, Any]:
@@ -195,6 +269,12 @@ SPEC = PluginSpec(
             check=_check_monotone_in_margin,
             description="the loss is non-decreasing in the margin, for every kind",
         ),
+        Custom(
+            "sub_centers_are_the_nearest_ones",
+            check=_check_sub_centers_are_the_nearest_ones,
+            description="with K sub-centres each sample's loss is the K = 1 loss with, per "
+            "class, its nearest sub-centre",
+        ),
     ),
 )
 
@@ -205,22 +285,25 @@ def lossplug_spec() -> PluginSpec:
 
 
 def margin_softmax_loss(features: Any, labels: Any, weights: Any, config: Config) -> Any:
-    """Per-sample angular-margin softmax loss (B,) for features (B, D), labels (B,), W (D, C)."""
+    """Per-sample angular-margin softmax loss (B,) for features (B, D), labels (B,) and
+    W (D, C * K), K = ``config.sub_centers`` (see the module docstring)."""
     import keras
-    import tensorflow as tf
     from keras import ops
+    from lossplug.numerics import l2_normalize
 
-    from .margins import TINY, cosine_and_sine, target_logit
+    from .margins import cosine_and_sine, target_logit
 
     dtype = "float64" if keras.backend.standardize_dtype(features.dtype) == "float64" else "float32"
-    x = ops.cast(features, dtype)
-    w = ops.cast(weights, dtype)
-    x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), TINY))
-    w = w * ops.rsqrt(ops.maximum(ops.sum(ops.square(w), axis=0, keepdims=True), TINY))
+    # bounded, finite gradients at (and near) zero features or weight columns
+    x = l2_normalize(ops.cast(features, dtype), axis=1)
+    w = l2_normalize(ops.cast(weights, dtype), axis=0)
     labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
-    cosine = ops.matmul(x, w)  # (B, C): the only (batch, classes) matrix besides the logits
+    cosine = ops.matmul(x, w)  # (B, C * K): the only (batch, classes) matrix besides the logits
+    target_columns = labels
+    if config.sub_centers > 1:
+        cosine, target_columns = _nearest_sub_centers(cosine, labels, config)
     # The target class, per sample and accurately: its unit weight, cosine and sine.
-    target_weights = ops.transpose(ops.take(w, labels, axis=1))  # (B, D)
+    target_weights = ops.transpose(ops.take(w, target_columns, axis=1))  # (B, D)
     cos_y, sin_y = cosine_and_sine(x, target_weights)
     phi = target_logit(
         cos_y,
@@ -231,18 +314,33 @@ def margin_softmax_loss(features: Any, labels: Any, weights: Any, config: Config
         sphere_lambda=config.sphere_lambda,
     )
     scale = config.scale
-    rows = ops.arange(ops.shape(labels)[0], dtype="int32")
-    logits = tf.tensor_scatter_nd_add(
-        scale * cosine, ops.stack([rows, labels], axis=1), scale * (phi - cos_y)
-    )
-    target = ops.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-    return ops.logsumexp(logits, axis=1) - target
+    is_target = labels[:, None] == ops.arange(config.num_classes, dtype="int32")[None, :]
+    logits = ops.where(is_target, scale * phi[:, None], scale * cosine)
+    return ops.logsumexp(logits, axis=1) - scale * phi
+
+
+def _nearest_sub_centers(cosine: Any, labels: Any, config: Config) -> tuple[Any, Any]:
+    """Sub-center ArcFace: (the class cosines max_k c_jk (B, C), the target's W columns (B,)).
+
+    ``cosine`` holds c_jk in column j * K + k. The target column is y * K + k*, k* the
+    target class's nearest sub-centre (the first of equals); the gradient of a class
+    cosine reaches its nearest sub-centre only.
+    """
+    from keras import ops
+
+    classes, sub_centers = config.num_classes, config.sub_centers
+    per_centre = ops.reshape(cosine, (-1, classes, sub_centers))  # (B, C, K)
+    own = labels[:, None, None] == ops.arange(classes, dtype="int32")[None, :, None]
+    # cosines are >= -1, so -2 never wins the maximum over the classes
+    target_centres = ops.max(ops.where(own, per_centre, -2.0), axis=1)  # (B, K)
+    nearest = ops.cast(ops.argmax(target_centres, axis=1), "int32")
+    return ops.max(per_centre, axis=2), labels * sub_centers + nearest
 
 
 @lossplug.hookimpl
 def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
     """Create (first call) or fetch W and compute the per-sample loss."""
-    import tensorflow as tf
+    from keras import ops
 
     config: Config = extras.config
     features = outputs["features"]
@@ -257,23 +355,11 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
             f"loss plugin 'margin_softmax' needs sparse integer labels of shape (batch,), got "
             f"shape {tuple(labels.shape)} (one-hot?); pass class ids (e.g. argmax of one-hot)"
         )
+    columns = config.num_classes * config.sub_centers
     weights = extras.state.variable(
-        WEIGHTS, (int(features.shape[-1]), config.num_classes), initializer="glorot_uniform"
+        WEIGHTS, (int(features.shape[-1]), columns), initializer="glorot_uniform"
     )
-    flat = tf.reshape(labels, (-1,))
-    checks = [
-        tf.debugging.assert_greater_equal(
-            tf.cast(flat, tf.int64),
-            tf.constant(0, tf.int64),
-            message="margin_softmax: y_true holds a negative class id",
-        ),
-        tf.debugging.assert_less(
-            tf.cast(flat, tf.int64),
-            tf.constant(config.num_classes, tf.int64),
-            message=f"margin_softmax: y_true holds a class id >= num_classes={config.num_classes}; "
-            "set num_classes to the number of classes",
-        ),
-    ]
-    with tf.control_dependencies(checks):
-        flat = tf.identity(flat)
+    flat = lossplug.numerics.class_ids(
+        ops.reshape(labels, (-1,)), config.num_classes, plugin="margin_softmax", field="num_classes"
+    )
     return LossResult(loss=margin_softmax_loss(features, flat, weights, config))

@@ -67,14 +67,29 @@ def cosine_and_sine(unit_features: Any, unit_weights: Any) -> tuple[Any, Any]:
     return ops.clip(cosine, -1.0, 1.0), sine
 
 
+#: (cos^2 + sin^2) below this: the feature is shorter than half of l2_normalize's floor
+#: (see lossplug.numerics.l2_normalize), so its angle is not trained (see :func:`angle`)
+DIRECTED = 0.25
+
+
 def angle(cosine: Any, sine: Any) -> Any:
-    """theta = atan2(sine, cosine) in [0, pi]; 0 (zero derivative) where both vanish."""
-    defined = ops.square(cosine) + ops.square(sine) > TINY
-    return ops.where(
+    """theta = atan2(sine, cosine) in [0, pi]; 0 (zero derivative) where both vanish.
+
+    The derivative of atan2 is (-s, c) / (c^2 + s^2). For a unit feature c^2 + s^2 = 1;
+    a feature shorter than ``lossplug.numerics.l2_normalize``'s floor is scaled, not
+    normalised, so c^2 + s^2 = |u|^2 < 1 and the derivative grows like 1 / |u| (2e7 for
+    a row of norm 1e-6). Such a row has no direction worth training: below
+    c^2 + s^2 = DIRECTED the angle keeps its value but passes no gradient (the cosine
+    still does), so gradients stay bounded at and near the zero vector.
+    """
+    radius2 = ops.square(cosine) + ops.square(sine)
+    defined = radius2 > TINY
+    theta = ops.where(
         defined,
         ops.arctan2(ops.where(defined, sine, 0.0), ops.where(defined, cosine, 1.0)),
         0.0,
     )
+    return ops.where(radius2 >= DIRECTED, theta, ops.stop_gradient(theta))
 
 
 def target_logit(

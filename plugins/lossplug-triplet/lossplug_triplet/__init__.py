@@ -21,9 +21,16 @@ Two modes, chosen with ``mode``:
 ``mining`` (default)
     ``embeddings`` (model output, (B, dim)) and sparse labels ``y_true``;
     triplets are mined inside the batch with ``mining`` = ``batch_all``,
-    ``batch_hard`` or ``semi_hard`` (see :mod:`lossplug_triplet.mining`) in
+    ``batch_hard`` or ``semi_hard`` (the core's :mod:`lossplug.mining`) in
     O(B^2) memory, and the loss is one scalar for the batch (sample weights
     weight the anchors). A batch without any valid triplet gives exactly 0.
+
+Distances are the core's :mod:`lossplug.pairs` (float32 compute, no float64):
+batch-hard ranks the pairs on the fast float32 Gram matrix and recomputes the
+2B selected distances from the embeddings' differences; batch-all and
+semi-hard use a distance matrix whose nearest entries per row are computed
+from differences (see :func:`lossplug.pairs.pairwise_distances`), so close
+pairs keep float64-grade accuracy in the loss and its gradient.
 
 The spec declares ``returns="scalar"`` and ``batch_coupled=True``: mining
 couples the samples of a batch, and a spec describes one return shape for all
@@ -42,17 +49,18 @@ from typing import Any
 import attrs
 import lossplug
 from lossplug import Kind, LossResult, PluginConfigError, PluginSpec, TensorSpec, param
+from lossplug.mining import AVERAGES, STRATEGIES
+from lossplug.pairs import METRICS
 from lossplug.properties import Custom, NonNegative, ZeroAtPerfect
 
 from .claims import check_cosine_scale_invariance, perfect_example
-from .distances import METRICS
-from .mining import AVERAGES, STRATEGIES
 
 __all__ = [
     "Config",
     "build_loss_graph",
     "explicit_hinge",
     "lossplug_spec",
+    "mined_loss",
     "triplet_loss",
 ]
 
@@ -206,14 +214,52 @@ def _require(mapping: Any, name: str, source: str, config: Config, needed: tuple
 def explicit_hinge(anchor: Any, positive: Any, negative: Any, config: Config) -> Any:
     """Per-sample hinges max(0, m + d(a_i, p_i) - d(a_i, n_i)), shape (B,)."""
     from keras import ops
+    from lossplug.numerics import compute_dtype
+    from lossplug.pairs import paired_distances
 
-    from .distances import compute_dtype, paired_distance
-
-    dtype = compute_dtype(anchor)
+    dtype = compute_dtype(anchor, positive, negative)
     anchor, positive, negative = (ops.cast(t, dtype) for t in (anchor, positive, negative))
-    d_ap = paired_distance(anchor, positive, config.metric)
-    d_an = paired_distance(anchor, negative, config.metric)
+    d_ap = paired_distances(anchor, positive, config.metric)
+    d_an = paired_distances(anchor, negative, config.metric)
     return ops.relu(config.margin + d_ap - d_an)
+
+
+def mined_loss(embeddings: Any, labels: Any, config: Config, weights: Any = None) -> Any:
+    """The mined triplet loss of (B, D) embeddings with (B,) labels: a MiningResult.
+
+    batch_hard ranks on float32 squared Gram distances (cosine: the cosine
+    matrix) and recomputes the 2B selected distances from the embeddings;
+    batch_all and semi_hard mine on :func:`lossplug.pairs.pairwise_distances`.
+    """
+    from lossplug import mining, pairs
+
+    positive, negative = pairs.label_masks(labels)
+    if config.mining == "batch_hard":
+        ranking_metric = "cosine" if config.metric == "cosine" else "squared_euclidean"
+        ranking = pairs.pairwise_distances(embeddings, metric=ranking_metric, exact_neighbours=0)
+
+        def recompute(rows: Any, cols: Any) -> Any:
+            return pairs.gathered_distances(embeddings, embeddings, rows, cols, config.metric)
+
+        return mining.batch_hard(
+            ranking,
+            positive,
+            negative,
+            margin=config.margin,
+            average=config.average,
+            weights=weights,
+            recompute=recompute,
+        )
+    distances = pairs.pairwise_distances(embeddings, metric=config.metric)
+    return mining.mine(
+        distances,
+        positive,
+        negative,
+        margin=config.margin,
+        strategy=config.mining,
+        average=config.average,
+        weights=weights,
+    )
 
 
 def triplet_loss(
@@ -225,10 +271,8 @@ def triplet_loss(
     is applied to the embeddings, labels and sample weights before mining.
     """
     from keras import ops
+    from lossplug.numerics import compute_dtype
     from lossplug.terms import reduce_per_sample
-
-    from .distances import compute_dtype, pairwise_distances, safe_sqrt
-    from .mining import mine
 
     if config.mode == "explicit":
         anchor, pos, neg = (
@@ -266,21 +310,7 @@ def triplet_loss(
         labels = gather(labels)
         if weights is not None:
             weights = gather(weights)
-    transform = None
-    if config.mining == "batch_hard" and config.metric == "euclidean":
-        # the hardest pairs are the same for squared distances: take 2B square roots, not B^2
-        distances, transform = pairwise_distances(embeddings, "squared_euclidean"), safe_sqrt
-    else:
-        distances = pairwise_distances(embeddings, config.metric)
-    result = mine(
-        distances,
-        labels,
-        margin=config.margin,
-        strategy=config.mining,
-        average=config.average,
-        weights=weights,
-        transform=transform,
-    )
+    result = mined_loss(embeddings, labels, config, weights)
     return LossResult(loss=result.loss, metrics={"active_fraction": result.active_fraction})
 
 

@@ -22,11 +22,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from lossplug.extras import Extras, StateStore
+from lossplug.mining import mine
+from lossplug.numerics import L2_EPSILON
+from lossplug.pairs import pairwise_distances
 from lossplug.terms import call_plugin
 from lossplug.testing import conformance_tests
 from lossplug_triplet.claims import check_cosine_scale_invariance, perfect_example
-from lossplug_triplet.distances import pairwise_distances
-from lossplug_triplet.mining import mine
 
 SETTINGS = settings(
     max_examples=60,
@@ -81,7 +82,7 @@ def run(
 def np_distances(embeddings, metric):
     e = np.asarray(embeddings, dtype=np.float64)
     if metric == "cosine":
-        norms = np.sqrt(np.maximum((e * e).sum(1, keepdims=True), 1e-12))
+        norms = np.maximum(np.sqrt((e * e).sum(1, keepdims=True)), L2_EPSILON)
         u = e / norms
         d = np.clip(1.0 - u @ u.T, 0.0, 2.0)
     else:
@@ -126,7 +127,7 @@ def brute_force(d, labels, margin, strategy, average="valid", weights=None):
 
 def naive_tf_loss(embeddings, labels, margin, strategy, metric="euclidean"):
     """What a user would write: the B x B x B broadcast (for gradient comparisons)."""
-    d = pairwise_distances(embeddings, metric)
+    d = pairwise_distances(embeddings, metric=metric)
     same = tf.equal(labels[:, None], labels[None, :])
     n = tf.shape(labels)[0]
     pos = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
@@ -183,7 +184,7 @@ def test_mining_equals_brute_force_on_any_distance_matrix(problem, strategy, ave
     d, labels, margin, weights = problem
     result = mine(
         tf.constant(d),
-        tf.constant(labels),
+        labels=tf.constant(labels),
         margin=margin,
         strategy=strategy,
         average=average,
@@ -239,7 +240,7 @@ def test_plugin_equals_brute_force_on_random_batches(strategy, average, metric):
     metric=st.sampled_from(METRICS),
 )
 def test_pairwise_distances_are_accurate_in_float32(values, metric):
-    got = pairwise_distances(tf.constant(values), metric).numpy().astype(np.float64)
+    got = pairwise_distances(tf.constant(values), metric=metric).numpy().astype(np.float64)
     expected = np_distances(values, metric)
     scale = 1.0 + np.abs(values).max()
     if metric == "squared_euclidean":
@@ -264,16 +265,20 @@ def test_gradients_equal_those_of_the_broadcast_implementation(batch, strategy, 
     y = tf.constant(labels)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        ours = mine(pairwise_distances(x, metric), y, margin=0.7, strategy=strategy).loss
+        ours = plugin.mined_loss(x, y, config(metric=metric, mining=strategy, margin=0.7)).loss
         if strategy == "batch_all":
             reference = naive_tf_loss(x, y, 0.7, strategy, metric)
         else:
-            d = pairwise_distances(x, metric)
+            d = pairwise_distances(x, metric=metric)
             same = tf.equal(y[:, None], y[None, :])
             pos = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(y)[0], dtype=tf.bool)))
             neg = tf.logical_not(same)
-            hp = tf.reduce_max(tf.where(pos, d, tf.zeros_like(d)), axis=1)
-            hn = tf.reduce_min(tf.where(neg, d, tf.fill(tf.shape(d), tf.reduce_max(d) + 9.0)), 1)
+            # the hardest positive / negative, the first one on ties (a subgradient at ties)
+            big = tf.fill(tf.shape(d), tf.reduce_max(d) + 9.0)
+            ip = tf.argmax(tf.where(pos, d, -tf.ones_like(d)), axis=1, output_type=tf.int32)
+            i_n = tf.argmin(tf.where(neg, d, big), axis=1, output_type=tf.int32)
+            hp = tf.gather(d, ip, batch_dims=1)
+            hn = tf.gather(d, i_n, batch_dims=1)
             ok = tf.logical_and(tf.reduce_any(pos, 1), tf.reduce_any(neg, 1))
             per = tf.where(ok, tf.nn.relu(0.7 + hp - hn), tf.zeros_like(hp))
             reference = tf.reduce_sum(per) / tf.maximum(tf.reduce_sum(tf.cast(ok, x.dtype)), 1.0)
@@ -290,7 +295,9 @@ def test_semi_hard_value_and_gradient_equal_the_broadcast_implementation(seed):
     y = tf.constant(rng.integers(0, 4, 20).astype(np.int32))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        ours = mine(pairwise_distances(x, "euclidean"), y, margin=0.5, strategy="semi_hard").loss
+        ours = mine(
+            pairwise_distances(x, metric="euclidean"), labels=y, margin=0.5, strategy="semi_hard"
+        ).loss
         reference = naive_tf_loss(x, y, 0.5, "semi_hard")
     np.testing.assert_allclose(float(ours), float(reference), rtol=1e-10)
     np.testing.assert_allclose(
@@ -377,6 +384,91 @@ def test_zero_once_every_gap_exceeds_the_margin(batch, metric, strategy, margin)
                     assert gap > margin_used or (margin_used == 0.0 and gap >= 0.0)
 
 
+# ----------------------------------------------------------------------------- accuracy
+def _close_pairs(n=128, dim=128, gap=1e-3, norm=10.0):
+    """Identities of two embeddings ``gap`` apart at norm ``norm`` (positives late in training)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, dim))
+    x = norm * x / np.linalg.norm(x, axis=1, keepdims=True)
+    x[1::2] = x[0::2] + rng.normal(size=(n // 2, dim)) * gap / np.sqrt(dim)
+    return x.astype(np.float32), (np.arange(n) // 2).astype(np.int32)
+
+
+def _float32_gram_distances(x):
+    """The distances a user computes: the Gram identity in float32."""
+    sq = (x * x).sum(1)
+    return np.sqrt(np.maximum(sq[:, None] - 2.0 * (x @ x.T) + sq[None, :], 0.0)).astype(np.float64)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_points_1e_3_apart_keep_float64_accuracy_in_float32(strategy):
+    """Loss and gradient from float32 inputs, computed in float32, match the float64 result."""
+    x, labels = _close_pairs()
+    margin = 14.5  # negatives are ~14 away: every strategy has active hinges
+    cfg = config(mining=strategy, margin=margin)
+    exact = np_distances(x, "euclidean")
+    expected, _ = brute_force(exact, labels, margin, strategy)
+    naive, _ = brute_force(_float32_gram_distances(x), labels, margin, strategy)
+    grads = {}
+    for dtype in ("float32", "float64"):
+        v = tf.Variable(x.astype(dtype))
+        with tf.GradientTape() as tape:
+            loss = plugin.triplet_loss({"y_true": tf.constant(labels)}, {"embeddings": v}, cfg).loss
+        grads[dtype] = tf.convert_to_tensor(tape.gradient(loss, v)).numpy().astype(np.float64)
+        if dtype == "float32":
+            error = abs(float(loss) - expected)
+    assert error < 2e-6 and abs(naive - expected) > 1e-4, (error, abs(naive - expected))
+    scale = np.abs(grads["float64"]).max()
+    if strategy == "batch_hard":
+        # The two embeddings of an identity are 1e-3 apart, so an anchor's two nearest
+        # negatives are tied to ~1e-4 and float32 and float64 may pick different ones
+        # (both are subgradients); their sum over each identity's pair agrees.
+        grads = {k: g.reshape(-1, 2, g.shape[1]).sum(axis=1) for k, g in grads.items()}
+    assert np.abs(grads["float32"] - grads["float64"]).max() < 1e-4 * scale
+
+
+def test_a_selection_tie_within_float32_error_changes_the_loss_by_at_most_that_error():
+    """batch_hard ranks on the float32 Gram matrix (here off by ~0.1 on squared distances)
+    and recomputes its two picks per anchor from differences: picking the wrong one of two
+    positives whose distances differ by delta costs at most delta, not the Gram error."""
+    rng = np.random.default_rng(0)
+    dim, identities = 8, 6
+    rows, labels = [], []
+    for k in range(identities):
+        centre = np.zeros(dim)
+        centre[k] = 1000.0  # identities far apart, far from the batch mean
+        units = rng.normal(size=(2, dim))
+        units /= np.linalg.norm(units, axis=1, keepdims=True)
+        delta = rng.uniform(0.0, 1e-4)  # two positives tied to within delta
+        rows += [centre, centre + 1.0 * units[0], centre + (1.0 + delta) * units[1]]
+        labels += [k, k, k]
+    x = np.array(rows).astype(np.float32)
+    labels = np.array(labels, np.int32)
+    exact = np_distances(x, "euclidean")  # float64 on the float32 values
+    ties = max(abs(exact[i, i + 1] - exact[i, i + 2]) for i in range(0, len(x), 3))
+    margin = 1416.0  # negatives are ~1414 away: every anchor's hinge is active
+    rounding = 4 * np.finfo(np.float32).eps * (margin + 2.0)  # float32 sums near 1416
+    # the ranking matrix (float32 Gram form) cannot tell the tied positives apart
+    ranking = pairwise_distances(x, metric="euclidean", exact_neighbours=0).numpy()
+    positive = (labels[:, None] == labels[None, :]) & ~np.eye(len(x), dtype=bool)
+    assert np.abs(ranking - exact)[positive].max() > 10 * (ties + rounding)
+    truth, _ = brute_force(exact, labels, margin, "batch_hard")
+    loss, _ = run(config(mining="batch_hard", margin=margin), embeddings=x, labels=labels)
+    assert abs(loss - truth) <= ties + rounding, (loss, truth, ties)
+    # and anchor by anchor (weights select one anchor): the anchors with tied positives
+    for anchor in range(0, len(x), 3):
+        weights = np.zeros(len(x), np.float32)
+        weights[anchor] = 1.0
+        one, _ = run(
+            config(mining="batch_hard", margin=margin),
+            embeddings=x,
+            labels=labels,
+            sample_weight=weights,
+        )
+        expected, _ = brute_force(exact, labels, margin, "batch_hard", weights=weights)
+        assert abs(one - expected) <= ties + rounding, (anchor, one, expected)
+
+
 def test_a_violated_gap_is_penalised_by_exactly_its_shortfall():
     # 1-D: anchor 0, positive at 1, negative at 1.2 -> d_ap = 1, d_an = 1.2, m = 0.5
     embeddings = np.array([[0.0], [1.0], [1.2]], np.float32)
@@ -448,8 +540,8 @@ def test_explicit_mode_is_the_mean_hinge_per_sample(triplets, metric, margin, we
 
     def dist(u, v):
         if metric == "cosine":
-            nu = np.sqrt(np.maximum((u.astype(np.float64) ** 2).sum(1), 1e-12))
-            nv = np.sqrt(np.maximum((v.astype(np.float64) ** 2).sum(1), 1e-12))
+            nu = np.maximum(np.sqrt((u.astype(np.float64) ** 2).sum(1)), L2_EPSILON)
+            nv = np.maximum(np.sqrt((v.astype(np.float64) ** 2).sum(1)), L2_EPSILON)
             return np.clip(1 - (u * v).sum(1) / nu / nv, 0, 2)
         sq = ((u.astype(np.float64) - v) ** 2).sum(1)
         return sq if metric == "squared_euclidean" else np.sqrt(sq)

@@ -1,0 +1,349 @@
+"""JAX: the stateless training step with the finite guard, host checks inside ``jax.jit``.
+
+On JAX, Keras runs every step as a pure function of the model's state (trainable,
+non-trainable, optimizer and metrics variables), compiled with ``jax.jit`` and
+sharded by ``keras.distribution``. lossplug's step does the same, with three
+differences from Keras' own ``JAXTrainer.train_step``:
+
+* the optimizer's step counter is part of the state the loss sees, so
+  ``extras.step`` and schedules of the step are live values, not the constant
+  they would be if read from the (purged) variable inside the trace;
+* the new state is selected with ``jax.lax.cond``: a step whose loss or
+  gradients are not finite returns the state it got (no weight, optimizer,
+  plugin or layer statistic changes);
+* plugin state updates (``extras.state.update``) are assigned in Keras'
+  ``StatelessScope`` and leave the step as new non-trainable values.
+
+Under ``keras.distribution.DataParallel`` the step is one SPMD program over the
+global batch, so every term sees the global batch: ``all_gather`` is the
+identity and the loss is the single-device loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import keras
+from keras import ops
+
+from ..guard import StepRecord
+
+NAME = "jax"
+
+
+# ---------------------------------------------------------------------- replicas
+def num_replicas() -> int:
+    """One program over the global batch (also under ``keras.distribution``)."""
+    return 1
+
+
+def all_gather(value: Any, axis: int = 0) -> Any:
+    """The identity: a JAX step already computes on the global (sharded) batch."""
+    return value
+
+
+def all_replicas_true(flag: Any) -> Any:
+    return flag
+
+
+def _data_parallel_mesh() -> Any:
+    """(mesh, batch axis name) of a multi-device ``keras.distribution`` data layout, or None."""
+    distribution = keras.distribution.distribution()
+    if distribution is None or not isinstance(distribution, keras.distribution.DataParallel):
+        return None
+    mesh = distribution.device_mesh.backend_mesh
+    axis = distribution.batch_dim_name
+    if mesh.shape[axis] < 2:
+        return None
+    return mesh, axis
+
+
+def per_replica(
+    call: Callable[[dict, dict], Any], inputs: dict, outputs: dict, *, scalar: bool
+) -> Any:
+    """A batch-coupled term over each device's share of the batch (``global_batch=False``).
+
+    Under ``keras.distribution.DataParallel`` the step is one program over the global batch.
+    To give ``global_batch=False`` the meaning it has under ``tf.distribute`` (each replica
+    mines its own share), the term runs under ``jax.shard_map``: each device calls the plugin
+    on its rows of the batch-shaped tensors; per-device scalars (the loss of a scalar term,
+    every metric) are averaged over the devices, per-sample losses concatenated.
+    ``call(inputs, outputs)`` returns the term's :class:`~lossplug.terms.TermOutput`.
+    Without such a distribution it is simply called.
+    """
+    layout = _data_parallel_mesh()
+    if layout is None:
+        return call(inputs, outputs)
+    from jax.sharding import PartitionSpec
+
+    from ..errors import PluginResultError
+    from ..terms import TermOutput
+
+    mesh, axis = layout
+    sizes = [v.shape[0] for v in [*inputs.values(), *outputs.values()] if len(v.shape) > 0]
+    batch = max(set(sizes), key=sizes.count) if sizes else None
+
+    def spec(value: Any) -> Any:
+        if len(value.shape) > 0 and value.shape[0] == batch:
+            return PartitionSpec(axis)
+        return PartitionSpec()
+
+    inner: list[TermOutput] = []
+
+    def local(ins: dict, outs: dict) -> Any:
+        out = call(ins, outs)
+        if out.updates:
+            raise PluginResultError(
+                "a term that updates its state cannot mine each device's share under "
+                "keras.distribution: use lossplug.use(..., global_batch=True)"
+            )
+        inner.append(out)
+        loss = out.loss
+        if loss is not None and not out.per_sample:
+            loss = loss[None]
+        flag = out.invalid if out.invalid is not None else ops.convert_to_tensor(False)
+        metrics = {name: value[None] for name, (value, _) in out.metrics.items()}
+        return loss, metrics, flag[None]
+
+    in_specs = ({k: spec(v) for k, v in inputs.items()}, {k: spec(v) for k, v in outputs.items()})
+    loss, metrics, flags = jax.shard_map(
+        local, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(axis), check_vma=False
+    )(inputs, outputs)
+    first = inner[0]
+    if loss is not None and not first.per_sample:
+        loss = ops.mean(loss)
+    return TermOutput(
+        loss=loss,
+        per_sample=first.per_sample,
+        metrics={
+            name: (ops.mean(metrics[name]), aggregation)
+            for name, (_, aggregation) in first.metrics.items()
+        },
+        invalid=ops.any(flags) if first.invalid is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------- tracing
+def init_scope() -> Any:
+    return contextlib.nullcontext()
+
+
+def is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def host_callbacks_available() -> bool:
+    return True
+
+
+def host_check(value: Any, bad: Any, on_host: Callable[..., None], *args: Any) -> Any:
+    """``value``; ``on_host(*numpy args)`` runs on the host (``jax.debug.callback``) if ``bad``."""
+    jax.lax.cond(bad, lambda: jax.debug.callback(on_host, *args), lambda: None)
+    return value
+
+
+def track_new_variables(model: Any) -> None:
+    """Nothing to do: variables created after build are found through the layers."""
+
+
+def sync_training_state(model: Any) -> None:
+    """Write the state ``fit`` keeps outside the variables back to them."""
+    model.jax_state_sync()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    yield
+
+
+def check_compile(model: Any, steps_per_execution: int) -> None:
+    """Nothing to refuse on JAX."""
+
+
+def gradient_values(gradient: Any) -> Any:
+    return gradient
+
+
+# ---------------------------------------------------------------------- training
+def _select(ok: Any, new: Any, old: Any) -> Any:
+    return jax.lax.cond(ok, lambda: new, lambda: old)
+
+
+class Trainer:
+    """Keras' JAX ``train_step``/``test_step`` with lossplug's guard (see the module)."""
+
+    def _lossplug_loss(
+        self,
+        trainable_variables: Any,
+        non_trainable_variables: Any,
+        metrics_variables: Any,
+        optimizer_variables: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        training: bool,
+    ) -> Any:
+        """The loss (scaled for the optimizer) and (unscaled loss, y_pred, new state, finite)."""
+        kwargs = {"training": training} if self._call_has_training_arg else {}
+        y_pred, non_trainable_variables, losses = self.stateless_call(
+            trainable_variables, non_trainable_variables, x, return_losses=True, **kwargs
+        )
+        if losses:
+            self._losses_override.clear()
+            self._losses_override = losses
+        mapping = list(zip(self.trainable_variables, trainable_variables, strict=True))
+        mapping += zip(self.non_trainable_variables, non_trainable_variables, strict=True)
+        mapping += zip(self.metrics_variables, metrics_variables, strict=True)
+        optimizer = self.optimizer
+        if optimizer is not None and optimizer_variables is not None:
+            mapping += zip(optimizer.variables, optimizer_variables, strict=True)
+        with (
+            keras.StatelessScope(state_mapping=mapping) as scope,
+            self._lossplug_in_step(defer_updates=False),
+        ):
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+            record = self._lossplug_take_record()
+            unscaled = loss
+            if training and optimizer is not None:
+                loss = optimizer.scale_loss(loss)
+        if losses:
+            self._losses_override.clear()
+        non_trainable_variables = [
+            _current(scope, v, old)
+            for v, old in zip(self.non_trainable_variables, non_trainable_variables, strict=True)
+        ]
+        metrics_variables = [
+            _current(scope, v, old)
+            for v, old in zip(self.metrics_variables, metrics_variables, strict=True)
+        ]
+        aux = (unscaled, y_pred, non_trainable_variables, metrics_variables, record.finite)
+        return loss, aux
+
+    def train_step(self, state: Any, data: Any) -> Any:
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        grad_fn = jax.value_and_grad(self._lossplug_loss, has_aux=True)
+        (_, aux), grads = grad_fn(
+            trainable,
+            non_trainable,
+            metrics_variables,
+            optimizer_variables,
+            x,
+            y,
+            sample_weight,
+            True,
+        )
+        unscaled, y_pred, new_non_trainable, metrics_variables, finite = aux
+        new_trainable, new_optimizer = self.optimizer.stateless_apply(
+            optimizer_variables, grads, trainable
+        )
+        if self._lossplug.value["check_finite"]:
+            guard = self._lossplug_guard
+            mapping = list(zip(self.metrics_variables, metrics_variables, strict=True))
+            iterations = _index(self.optimizer.variables, self.optimizer.iterations)
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                ok = self._lossplug_step_ok(StepRecord(finite=finite), grads)
+                guard.fail(optimizer_variables[iterations], when=ops.logical_not(ok))
+            metrics_variables = [
+                _current(scope, v, old)
+                for v, old in zip(self.metrics_variables, metrics_variables, strict=True)
+            ]
+            new_trainable, new_optimizer, new_non_trainable = _select(
+                ok,
+                (new_trainable, new_optimizer, new_non_trainable),
+                (trainable, optimizer_variables, non_trainable),
+            )
+        logs, metrics_variables = self._update_metrics_variables(
+            metrics_variables, unscaled, x, y, y_pred, sample_weight
+        )
+        return self._lossplug_logs(logs), (
+            new_trainable,
+            new_non_trainable,
+            new_optimizer,
+            metrics_variables,
+        )
+
+    def test_step(self, state: Any, data: Any) -> Any:
+        trainable, non_trainable, metrics_variables = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _, aux = self._lossplug_loss(
+            trainable, non_trainable, metrics_variables, None, x, y, sample_weight, False
+        )
+        unscaled, y_pred, non_trainable, metrics_variables, _ = aux
+        logs, metrics_variables = self._update_metrics_variables(
+            metrics_variables, unscaled, x, y, y_pred, sample_weight
+        )
+        return self._lossplug_logs(logs), (trainable, non_trainable, metrics_variables)
+
+    def _lossplug_logs(self, logs: Any) -> Any:
+        return logs
+
+
+def _current(scope: Any, variable: Any, old: Any) -> Any:
+    value = scope.get_current_value(variable)
+    return old if value is None else value
+
+
+def _index(variables: list[Any], variable: Any) -> int:
+    for i, v in enumerate(variables):
+        if v is variable:
+            return i
+    raise ValueError(f"{variable.path} is not among the optimizer's variables")
+
+
+__all__ = [
+    "NAME",
+    "Trainer",
+    "all_gather",
+    "all_replicas_true",
+    "check_compile",
+    "gradient_values",
+    "host_callbacks_available",
+    "host_check",
+    "init_scope",
+    "is_traced",
+    "num_replicas",
+    "per_replica",
+    "quiet",
+    "sync_training_state",
+    "track_new_variables",
+]
+
+
+# ---------------------------------------------------------------------- the conformance kit
+KIT_MODES = {"jit": "jax.jit"}
+
+
+def kit_scope() -> Any:
+    """The kit compares against float64 references: enable 64-bit values while it runs."""
+    return jax.enable_x64(True)
+
+
+def kit_compile(fn: Callable[..., Any], mode: str, args: Any, dynamic: Any, variables: Any) -> Any:
+    """``fn`` under ``jax.jit``, the variables it reads passed in as arguments (stateless)."""
+
+    def pure(values: Any, *arguments: Any) -> Any:
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return fn(*arguments)
+
+    compiled = jax.jit(pure)
+    return lambda *arguments: compiled([v.value for v in variables], *arguments)
+
+
+def kit_gradients(fn: Callable[[dict], Any], tensors: dict, variables: list) -> Any:
+    """(objective, aux, gradients by tensor name, gradients of ``variables``), via ``jax.grad``."""
+
+    def pure(tensors: dict, values: list) -> Any:
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return fn(tensors)
+
+    grad_fn = jax.value_and_grad(pure, argnums=(0, 1), has_aux=True)
+    (objective, aux), (tensor_grads, variable_grads) = grad_fn(
+        dict(tensors), [v.value for v in variables]
+    )
+    return objective, aux, dict(tensor_grads), list(variable_grads)

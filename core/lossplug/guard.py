@@ -1,0 +1,276 @@
+"""The finite guard: no training step with a non-finite loss is ever applied.
+
+Every training step computes ``ok``: the total loss is finite, every gradient is
+finite (unless a ``LossScaleOptimizer`` already handles non-finite gradients),
+``ok`` holds on every replica, and no earlier step of this epoch failed. The
+backend's ``train_step`` (:mod:`lossplug.backend`) applies the optimizer update
+and the plugins' state updates only if ``ok``; otherwise nothing changes, not
+even the optimizer's step count. Checking costs a few reductions per step.
+
+:class:`TrainingCallback` (added by ``LossModel.fit``) then reads the step's
+logs: a term whose running mean is NaN or infinite stops training with a
+:class:`lossplug.NonFiniteLossError` naming the term, the epoch and the batch.
+The weights, the optimizer and the plugins' state are left as they were before
+that batch. Errors recorded inside compiled steps (:mod:`lossplug.runtime`,
+e.g. class ids out of range) are raised by the same callback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from . import runtime
+from .errors import LossplugError, NonFiniteLossError
+
+
+@keras.saving.register_keras_serializable(package="lossplug")
+class StepGuard(keras.metrics.Metric):
+    """Remembers within an epoch that a step was skipped, so later steps are skipped too.
+
+    A metric so that every backend carries its variable through the compiled
+    step as it carries metrics (JAX's stateless state included); its result is
+    empty, so it shows nowhere.
+    """
+
+    def __init__(self, name: str = "lossplug_step_guard", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.failed = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="failed")
+        #: the optimizer step at which the first failure happened
+        self.step = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="step")
+        #: a failed check the compiler could not report (lossplug.runtime.check): its
+        #: factory id (0: none) and its two values
+        self.check = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="check")
+        self.values = self.add_variable(
+            shape=(2,), initializer="zeros", dtype="int32", name="values"
+        )
+
+    def update_state(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing: the guard is set by :meth:`fail`."""
+
+    def fail(self, step: Any, when: Any = None) -> None:
+        """Record a skipped step (at optimizer step ``step``); only where ``when``, if given."""
+        first = self.failed.value == 0
+        if when is not None:
+            first = ops.logical_and(first, when)
+        self.step.assign(ops.where(first, ops.cast(step, "int32"), self.step.value))
+        failed = ops.ones((), "int32")
+        self.failed.assign(failed if when is None else ops.where(when, failed, self.failed.value))
+
+    def record(self, bad: Any, identifier: int, a: Any, b: Any) -> None:
+        """Keep the first failed check of the epoch (``bad``: scalar bool tensor)."""
+        first = ops.logical_and(self.check.value == 0, bad)
+        self.check.assign(ops.where(first, identifier, self.check.value))
+        pair = ops.cast(ops.stack([a, b]), "int32")
+        self.values.assign(ops.where(first, pair, self.values.value))
+
+    def recorded_error(self) -> LossplugError | None:
+        """The error of the recorded check, if any (read outside the step)."""
+        identifier = int(ops.convert_to_numpy(self.check))
+        make = runtime.factory(identifier)
+        if make is None:
+            return None
+        a, b = (int(v) for v in ops.convert_to_numpy(self.values))
+        return make(a, b)
+
+    def result(self) -> dict[str, Any]:
+        return {}
+
+    def reset_state(self) -> None:
+        for variable in self.variables:
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
+
+
+def all_finite(values: Sequence[Any]) -> Any:
+    """Scalar bool: every element of every tensor in ``values`` is finite.
+
+    Summing first (in float32) costs one pass over the values; a NaN or an
+    infinity anywhere makes the sum non-finite (so does a sum beyond float32's
+    range, which no usable gradient reaches).
+    """
+    sums = [ops.sum(ops.cast(v, "float32")) for v in values if v is not None]
+    if not sums:
+        return ops.convert_to_tensor(True)
+    return ops.all(ops.isfinite(ops.stack(sums)))
+
+
+class StepRecord:
+    """What one ``compute_loss`` call leaves for the training step that called it."""
+
+    __slots__ = ("finite", "updates")
+
+    def __init__(self, finite: Any, updates: list[tuple[Any, Any]] | None = None) -> None:
+        self.finite = finite  #: scalar bool tensor: the total loss is finite
+        self.updates = updates or []  #: plugin state updates (variable, value)
+
+    def apply_updates(self, ok: Any = None) -> None:
+        """Assign the plugins' new state (where ``ok``, when given)."""
+        for var, value in self.updates:
+            var.assign(value if ok is None else ops.where(ok, value, var.value))
+
+
+def _who(b: Any) -> str:
+    return b.who
+
+
+class TrainingCallback(keras.callbacks.Callback):
+    """Feeds the epoch to the terms; stops on a non-finite term or a recorded error."""
+
+    def __init__(self, model: Any, *, check_finite: bool) -> None:
+        super().__init__()
+        self._owner = model
+        self._check_finite = check_finite
+        self._epoch = 0
+        self._batch = 0
+        self._epoch_start_step = 0
+        self._phase = "training"
+
+    # The owner, not ``self.model``: Keras sets ``model`` on callbacks late in evaluate.
+    def on_train_begin(self, logs: Any = None) -> None:
+        runtime.clear_reported()
+
+    def on_test_begin(self, logs: Any = None) -> None:
+        runtime.clear_reported()
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        owner = self._owner
+        owner.set_epoch(epoch)
+        self._epoch = epoch
+        optimizer = getattr(owner, "optimizer", None)
+        self._epoch_start_step = (
+            int(ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else 0
+        )
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        self._batch, self._phase = batch, "training"
+
+    def on_test_batch_begin(self, batch: int, logs: Any = None) -> None:
+        self._batch, self._phase = batch, "evaluation"
+
+    def note(self, error: LossplugError) -> None:
+        """Say where an error raised during a step (eagerly) happened, once."""
+        if getattr(error, "_lossplug_noted", False):
+            return
+        error._lossplug_noted = True
+        if self._phase == "training":
+            error.add_note(
+                f"(found in training epoch {self._epoch}, batch {self._batch}; the step was not "
+                "applied: the weights and the plugins' state are those from before that batch)"
+            )
+        else:
+            error.add_note(f"(found in evaluation, batch {self._batch})")
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._raise_reported(batch, "training")
+        if self._check_finite:
+            self._check_logs(batch, logs or {})
+
+    def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._raise_reported(batch, "evaluation")
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if not self._check_finite:
+            return
+        guard = self._owner._lossplug_guard
+        if int(ops.convert_to_numpy(guard.failed)):  # a step failed with finite logs
+            self._stop(
+                NonFiniteLossError(
+                    f"a training step of epoch {epoch} had a non-finite gradient (every loss "
+                    "term was finite). That step and the rest of the epoch were skipped: the "
+                    "weights, the optimizer and the plugins' state are those from before it. "
+                    "Check the plugins' gradients (lossplug check NAME) and the data."
+                )
+            )
+
+    # ------------------------------------------------------------------ helpers
+    def _stop(self, error: LossplugError) -> None:
+        from . import backend
+
+        owner = self._owner
+        owner.stop_training = True
+        backend.current().sync_training_state(owner)
+        raise error
+
+    def _raise_reported(self, batch: int, phase: str) -> None:
+        error = runtime.take_reported()
+        if error is None:
+            return
+        self._batch, self._phase = batch, phase
+        self.note(error)
+        self._stop(error)
+
+    def _check_logs(self, batch: int, logs: dict[str, Any]) -> None:
+        owner = self._owner
+        bad = []
+        for b in owner._lossplug_terms_bound():
+            if b.name in logs and b.trained and not _finite(logs[b.name]):
+                bad.append(b)
+        if not bad and ("loss" not in logs or _finite(logs["loss"])):
+            return
+        first = self._failed_batch(batch)
+        recorded = self._owner._lossplug_guard.recorded_error()  # the state is synced now
+        if recorded is not None:
+            self._batch, self._phase = first, "training"
+            self.note(recorded)
+            self._stop(recorded)
+        where = f"epoch {self._epoch}, batch {first}"
+        if bad:
+            values = ", ".join(f"{b.name}={float(np.asarray(logs[b.name]))}" for b in bad)
+            culprit = " and ".join(_who(b) for b in bad)
+            subject = f"{culprit} produced a non-finite loss ({values}) at {where}"
+            hints = [_hint(b) for b in bad]
+        else:
+            subject = (
+                f"the loss is non-finite ({logs['loss']}) at {where}, while every term is "
+                "finite: a layer loss (activity or weight regulariser) is NaN or infinite"
+            )
+            hints = ["check the layers' regularisers and the data"]
+        self._stop(
+            NonFiniteLossError(
+                f"{subject}. Training stopped and that step was not applied: the model's "
+                f"weights, the optimizer and the plugins' state are those from before batch "
+                f"{first} (compile(check_finite=False) turns this check off). "
+                + " ".join(dict.fromkeys(hints))
+            )
+        )
+
+    def _failed_batch(self, batch: int) -> int:
+        """The batch whose step failed (with steps_per_execution > 1: the first failed one)."""
+        from . import backend
+
+        owner = self._owner
+        backend.current().sync_training_state(owner)
+        if getattr(owner, "steps_per_execution", 1) <= 1:
+            return batch
+        guard = owner._lossplug_guard
+        if int(ops.convert_to_numpy(guard.failed)):
+            return int(ops.convert_to_numpy(guard.step)) - self._epoch_start_step
+        return batch
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(np.asarray(value)))
+    except (TypeError, ValueError):
+        return True
+
+
+def _hint(b: Any) -> str:
+    spec = b.term.spec
+    if spec is None:
+        return (
+            f"Check the targets and outputs Keras loss {b.term.name!r} receives (NaN or "
+            "infinite values, probabilities of exactly 0 or 1)."
+        )
+    return (
+        f"Check the inputs {spec.name!r} reads (from_logits, label range, NaN in the data) "
+        f"and its config; `lossplug check {spec.name}` tests the plugin."
+    )
+
+
+__all__ = ["StepGuard", "StepRecord", "TrainingCallback", "all_finite"]

@@ -1,0 +1,305 @@
+"""The ``generalized_dice`` plugin: Sudre et al.'s formula, the empty-class rule, errors, training."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import lossplug
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from lossplug.properties import Example
+from lossplug.testing import call_plugin, conformance_tests
+from lossplug.testing.harness import harness_for
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+
+test_conformance = conformance_tests("generalized_dice")  # the kit: every check and claim
+
+
+def call(y_true, y_pred, **config):
+    """The installed plugin's per-sample loss (float32 NumPy), called as the core calls it."""
+    loss, _ = call_plugin("generalized_dice", {"y_true": y_true}, {"y_pred": y_pred}, config=config)
+    assert loss.shape == (np.shape(y_pred)[0],)
+    return loss
+
+
+def gradient(y_true, y_pred, **config):
+    """d sum(loss) / d y_pred, through the kit's harness (no TensorFlow import here)."""
+    spec = lossplug.registry.spec("generalized_dice")
+    example = Example({"y_true": y_true}, {"y_pred": y_pred}, spec.make_config(config))
+    outcome, grads, _ = harness_for("generalized_dice").gradients(example, ["y_pred"])
+    return outcome.loss, grads["y_pred"]
+
+
+def sudre_weights(volumes):
+    """w_c = 1 / T_c^2; infinite weights (empty classes) replaced by the sample's largest
+    finite one; a sample without any finite weight gets 1 everywhere; normalised to sum 1."""
+    volumes = np.float64(volumes)
+    with np.errstate(divide="ignore"):
+        w = 1.0 / volumes**2
+    finite = np.isfinite(w)
+    largest = np.max(np.where(finite, w, -np.inf), axis=-1, keepdims=True)
+    largest = np.where(np.isfinite(largest), largest, 1.0)  # no present class at all
+    w = np.where(finite, w, largest)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+def numpy_generalized_dice(y_true, y_pred, smooth, weights=sudre_weights):
+    """1 - (2 sum_c w_c I_c + s) / (sum_c w_c (P_c + T_c) + s), 0/0 counted as a perfect match."""
+    t, p = np.float64(y_true), np.float64(y_pred)
+    spatial = tuple(range(1, t.ndim - 1))
+    w = weights(t.sum(axis=spatial))
+    numerator = 2.0 * np.sum(w * np.sum(p * t, axis=spatial), axis=-1) + smooth
+    denominator = np.sum(w * np.sum(p + t, axis=spatial), axis=-1) + smooth
+    ratio = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 1)
+    return 1.0 - ratio
+
+
+unit = st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False, width=32)
+
+
+@st.composite
+def mask_pairs(draw, binary_target=True, empty_classes=True):
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    shape = (*shape, draw(st.integers(1, 4)))
+    elements = st.sampled_from([0.0, 1.0]) if binary_target else unit
+    y_true = draw(hnp.arrays(np.float32, shape, elements=elements))
+    if empty_classes:  # empty some classes of some samples (or every class of a sample)
+        keep = draw(hnp.arrays(np.bool_, (shape[0], 1, 1, shape[-1])))
+        y_true = y_true * keep
+    y_pred = draw(hnp.arrays(np.float32, shape, elements=unit))
+    return y_true, y_pred
+
+
+smooths = st.sampled_from([0.0, 1e-3, 1.0, 10.0])
+
+
+# --------------------------------------------------------------------- mathematics
+@SETTINGS
+@given(mask_pairs(), smooths)
+def test_matches_sudre_with_the_empty_class_rule(pair, smooth):
+    y_true, y_pred = pair
+    np.testing.assert_allclose(
+        call(y_true, y_pred, smooth=smooth),
+        numpy_generalized_dice(y_true, y_pred, smooth),
+        rtol=2e-5,
+        atol=2e-6,
+    )
+
+
+@SETTINGS
+@given(mask_pairs(binary_target=False, empty_classes=False))
+def test_soft_targets_follow_the_same_formula(pair):
+    y_true, y_pred = pair
+    np.testing.assert_allclose(
+        call(y_true, y_pred), numpy_generalized_dice(y_true, y_pred, 1.0), rtol=2e-5, atol=2e-6
+    )
+
+
+def monai_weights(volumes):
+    """MONAI's GeneralizedDiceLoss weights (w_type='square', batch=False): 1 / T^2 with each
+    sample's infinite weights set to its largest finite weight (0 if none); not normalised."""
+    volumes = np.float64(volumes)
+    with np.errstate(divide="ignore"):
+        w = 1.0 / volumes**2
+    infinite = np.isinf(w)
+    w = np.where(infinite, 0.0, w)
+    return w + infinite * w.max(axis=-1, keepdims=True)
+
+
+@SETTINGS
+@given(mask_pairs())
+def test_unsmoothed_it_equals_monais_weighting_where_a_class_is_present(pair):
+    """The normalisation cancels in the ratio; only samples without any class differ."""
+    y_true, y_pred = pair
+    present = y_true.sum(axis=(1, 2)).max(axis=-1) > 0
+    ours = call(y_true, y_pred, smooth=0.0)
+    theirs = numpy_generalized_dice(y_true, y_pred, 0.0, weights=monai_weights)
+    np.testing.assert_allclose(ours[present], theirs[present], rtol=2e-5, atol=2e-6)
+
+
+def test_weights_of_present_empty_and_all_empty_samples():
+    """Volumes (100, 4, 0): w ~ (1/100^2, 1/4^2, 1/4^2); an all-empty sample: equal weights."""
+    y_true = np.zeros((2, 13, 8, 3), np.float32)
+    y_true[0, :, :, 0].flat[:100] = 1.0
+    y_true[0, 12, 4:, 1] = 1.0  # 4 pixels of class 1, none of class 2
+    y_pred = np.full_like(y_true, 0.5)
+    w = np.array([1 / 100**2, 1 / 16, 1 / 16])
+    w /= w.sum()
+    p, t = y_pred[0].reshape(-1, 3).astype(np.float64), y_true[0].reshape(-1, 3)
+    expected = 1 - (2 * w @ (p * t).sum(0) + 1.0) / (w @ (p + t).sum(0) + 1.0)
+    empty = 1 - 1.0 / (np.mean(y_pred[1].reshape(-1, 3).sum(0)) + 1.0)
+    np.testing.assert_allclose(call(y_true, y_pred), [expected, empty], rtol=1e-5)
+
+
+def test_an_empty_target_predicted_empty_is_perfect_and_any_prediction_on_it_costs():
+    empty = np.zeros((1, 4, 4, 2), np.float32)
+    np.testing.assert_array_equal(call(empty, empty), 0.0)
+    np.testing.assert_array_equal(call(empty, empty, smooth=0.0), 0.0)
+    spurious = empty.copy()
+    spurious[0, 0, 0, 1] = 1.0
+    assert call(empty, spurious)[0] == pytest.approx(1 - 1 / (0.5 + 1))  # weights 1/2 each
+    assert call(empty, spurious, smooth=0.0)[0] == pytest.approx(1.0)
+
+
+def test_missing_a_small_class_costs_more_than_missing_a_large_one():
+    """Class volumes 24 / 4 / 36 pixels. Each class adds w_c (P_c + T_c) ~ 2 / T_c to the
+    denominator, so small classes weigh most: missing the 4-pixel class costs more than
+    missing the 36-pixel one. The per-class mean of plain Dice ranks them the other way
+    (missing the large class also spoils class 0's ratio)."""
+    y_true = np.zeros((1, 8, 8, 3), np.float32)
+    y_true[0, ..., 0] = 1.0
+    y_true[0, :2, :2] = [0, 1, 0]  # class 1: 4 pixels
+    y_true[0, 2:8, 2:8] = [0, 0, 1]  # class 2: 36 pixels
+    miss_small, miss_large = y_true.copy(), y_true.copy()
+    miss_small[0, :2, :2] = [1, 0, 0]
+    miss_large[0, 2:8, 2:8] = [1, 0, 0]
+
+    def mean_dice(pred):
+        t, p = y_true[0].reshape(-1, 3), pred[0].reshape(-1, 3)
+        return 1 - np.mean(2 * (t * p).sum(0) / (t + p).sum(0))
+
+    small, large = (call(y_true, m, smooth=0.0)[0] for m in (miss_small, miss_large))
+    assert small > 3 * large > 0.3
+    assert mean_dice(miss_small) < mean_dice(miss_large)
+
+
+def test_gradient_treats_the_weights_as_constants():
+    """d loss / d p_ic = -(2 w_c t_ic D - N w_c) / D^2 with N, D the ratio's terms."""
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 3, size=(1, 4, 4))
+    y_true = np.eye(3, dtype="float32")[ids]
+    y_pred = rng.uniform(size=(1, 4, 4, 3)).astype("float32")
+    t, p = np.float64(y_true), np.float64(y_pred)
+    w = sudre_weights(t.sum(axis=(1, 2)))[0]
+    numerator = 2 * np.sum(w * (p * t).sum(axis=(0, 1, 2))) + 1.0
+    denominator = np.sum(w * (p + t).sum(axis=(0, 1, 2))) + 1.0
+    expected = -(2 * w * t * denominator - numerator * w) / denominator**2
+    _, grad = gradient(y_true, y_pred)
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_one_class_is_the_dice_loss():
+    rng = np.random.default_rng(4)
+    y_true = rng.integers(0, 2, size=(3, 5, 5, 1)).astype("float32")
+    y_pred = rng.uniform(size=(3, 5, 5, 1)).astype("float32")
+    t, p = np.float64(y_true), np.float64(y_pred)
+    dice = 1 - (2 * (p * t).sum((1, 2, 3)) + 1.0) / ((p + t).sum((1, 2, 3)) + 1.0)
+    np.testing.assert_allclose(call(y_true, y_pred), dice, rtol=1e-5)
+
+
+# --------------------------------------------------------------------- shapes and numerics
+def test_class_id_masks_and_flattened_binary_masks_are_accepted():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 3, size=(2, 4, 5))
+    one_hot = np.eye(3, dtype="float32")[ids]
+    y_pred = rng.uniform(size=(2, 4, 5, 3)).astype("float32")
+    np.testing.assert_allclose(call(ids, y_pred), call(one_hot, y_pred), rtol=1e-6)
+    binary, probabilities = (ids == 1).astype("float32"), y_pred[..., 1:2]
+    np.testing.assert_allclose(call(binary, probabilities), call(binary[..., None], probabilities))
+    np.testing.assert_allclose(
+        call(binary.reshape(2, -1), probabilities.reshape(2, -1)),
+        call(binary[..., None], probabilities),
+        rtol=1e-6,
+    )
+
+
+def test_mismatched_masks_and_bad_ids_are_refused():
+    y_pred = np.full((2, 4, 4, 3), 1 / 3, np.float32)
+    with pytest.raises(lossplug.InvalidTensorError, match=r"channels-last masks \(B, \.\.\., C\)"):
+        call(np.zeros((2, 4, 2, 3), np.float32), y_pred)
+    with pytest.raises(lossplug.InvalidTensorError, match="'generalized_dice'.*class ids"):
+        call(np.zeros((2, 4, 4, 2), np.float32), y_pred)
+    with pytest.raises(Exception, match=r"'generalized_dice'.*class ids outside \[0, 3\)"):
+        call(np.full((2, 4, 4), -1), y_pred)
+
+
+def test_tiny_soft_volumes_and_half_precision_stay_finite_and_float32():
+    y_true = np.zeros((1, 4, 4, 2), np.float32)
+    y_true[..., 0] = 1.0
+    y_true[0, 0, 0, 1] = 1e-30  # w = 1e60 relative to class 0: no overflow in float32
+    y_pred = np.full_like(y_true, 0.5)
+    loss, grad = gradient(y_true, y_pred)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, size=(2, 64, 64, 2)).astype("float16")
+    y_pred = rng.uniform(size=(2, 64, 64, 2)).astype("float16")
+    loss = call(y_true, y_pred)
+    assert loss.dtype == np.float32
+    np.testing.assert_allclose(loss, numpy_generalized_dice(y_true, y_pred, 1.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"smooth": -1e-5}, ["'generalized_dice'", "smooth=-1e-05", "in [0.0, inf]"]),
+        ({"smooth": float("nan")}, ["'generalized_dice'", "smooth=nan"]),
+        ({"smooth": None}, ["'generalized_dice'", "smooth=None", "int or float"]),
+        ({"w_type": "square"}, ["'generalized_dice'", "no parameter 'w_type'", "smooth"]),
+    ],
+)
+def test_bad_config_is_refused_naming_plugin_field_and_rule(config, words):
+    with pytest.raises(lossplug.PluginConfigError) as info:
+        lossplug.use("generalized_dice", **config)
+    for word in words:
+        assert word in str(info.value)
+
+
+# --------------------------------------------------------------------- end to end
+def make_shapes(n, size=16, seed=0):
+    """Class ids: a bright rectangle (1) and a dark 3x3 square (2, 3.5% of pixels) on noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n, size, size), np.int64)
+    for i in range(n):
+        r, c = rng.integers(0, size - 6, 2)
+        h, w = rng.integers(3, 7, 2)
+        labels[i, r : r + h, c : c + w] = 1
+        r, c = rng.integers(0, size - 3, 2)
+        labels[i, r : r + 3, c : c + 3] = 2
+    images = rng.normal(0.0, 0.6, size=(n, size, size, 1)).astype("float32")
+    images[..., 0] += np.array([0.0, 1.0, -1.0], np.float32)[labels]
+    return images, labels
+
+
+def per_class_iou(ids, predicted, classes=3):
+    out = []
+    for c in range(classes):
+        union = np.sum((ids == c) | (predicted == c))
+        out.append(float(np.sum((ids == c) & (predicted == c)) / union) if union else 1.0)
+    return np.array(out)
+
+
+@pytest.mark.slow
+def test_generalized_dice_learns_the_small_class():
+    x, ids = make_shapes(128, seed=0)
+    x_test, ids_test = make_shapes(128, seed=1)
+    results = {}
+    for loss in ("sparse_categorical_crossentropy", "generalized_dice"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((16, 16, 1))
+        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
+        masks = keras.layers.Conv2D(3, 1, activation="softmax", name="masks")(h)
+        model = lossplug.LossModel(inputs, masks)
+        model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
+        if loss == "generalized_dice":
+            results["untrained"] = per_class_iou(
+                ids_test, model.predict(x_test, verbose=0).argmax(-1)
+            )
+        history = model.fit(x, ids, epochs=10, batch_size=16, verbose=0).history
+        results[loss] = per_class_iou(ids_test, model.predict(x_test, verbose=0).argmax(-1))
+    print(
+        "\nheld-out IoU per class (background, rectangle, 3x3 square) and mean:",
+        {k: (np.round(v, 3).tolist(), round(float(v.mean()), 3)) for k, v in results.items()},
+    )
+    assert set(history) == {"loss", "generalized_dice"}
+    assert history["generalized_dice"][-1] < 0.5 * history["generalized_dice"][0]
+    gd, ce = results["generalized_dice"], results["sparse_categorical_crossentropy"]
+    assert gd[2] > results["untrained"][2] + 0.5
+    assert gd.mean() >= ce.mean() - 0.01 and gd[2] >= ce[2]

@@ -1,0 +1,333 @@
+"""The ``tversky`` plugin (Tversky and focal Tversky): the paper's formulas, conventions, errors and a segmentation."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import lossplug
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from keras import ops
+from lossplug.properties import Example
+from lossplug.testing import call_plugin, conformance_tests
+from lossplug.testing.harness import harness_for
+from lossplug_tversky import claims
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+
+test_conformance = conformance_tests("tversky")  # the kit: every check and claim
+
+
+def call(y_true, y_pred, **config):
+    """The installed plugin's per-sample loss (float32 NumPy), called as the core calls it."""
+    loss, _ = call_plugin("tversky", {"y_true": y_true}, {"y_pred": y_pred}, config=config)
+    assert loss.shape == (np.shape(y_pred)[0],)
+    return loss
+
+
+def gradient(y_true, y_pred, **config):
+    """d sum(loss) / d y_pred, through the kit's harness (no TensorFlow import here)."""
+    spec = lossplug.registry.spec("tversky")
+    example = Example({"y_true": y_true}, {"y_pred": y_pred}, spec.make_config(config))
+    outcome, grads, _ = harness_for("tversky").gradients(example, ["y_pred"])
+    return outcome.loss, grads["y_pred"]
+
+
+def numpy_tversky(y_true, y_pred, alpha, beta, gamma, smooth):
+    """mean_c (1 - TI_c)^(1/gamma), TI_c = (TP + s) / (TP + alpha FP + beta FN + s) (Abraham & Khan)."""
+    t, p = np.float64(y_true), np.float64(y_pred)
+    spatial = tuple(range(1, t.ndim - 1))
+    tp = np.sum(p * t, axis=spatial)
+    fp = np.sum(p * (1 - t), axis=spatial)
+    fn = np.sum((1 - p) * t, axis=spatial)
+    den = tp + alpha * fp + beta * fn + smooth
+    index = np.where(den > 0, (tp + smooth) / np.where(den > 0, den, 1.0), 1.0)
+    return np.mean(np.maximum(1.0 - index, 0.0) ** (1.0 / gamma), axis=-1)
+
+
+# No subnormals: TensorFlow flushes them to zero on CPU (see the dice plugin's tests).
+unit = st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False, width=32)
+
+
+@st.composite
+def mask_pairs(draw, binary_target=True):
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    shape = (*shape, draw(st.integers(1, 4)))
+    elements = st.sampled_from([0.0, 1.0]) if binary_target else unit
+    y_true = draw(hnp.arrays(np.float32, shape, elements=elements))
+    y_pred = draw(hnp.arrays(np.float32, shape, elements=unit))
+    return y_true, y_pred
+
+
+weights = st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0, 2.0])
+gammas = st.sampled_from([0.5, 1.0, 4.0 / 3.0, 2.0, 3.0])
+smooths = st.sampled_from([0.0, 1e-3, 1.0, 10.0])
+
+
+# --------------------------------------------------------------------- mathematics
+@SETTINGS
+@given(mask_pairs(binary_target=False), weights, weights, gammas, smooths)
+def test_matches_the_papers_formula(pair, alpha, beta, gamma, smooth):
+    if alpha + beta == 0:
+        alpha = 0.5
+    y_true, y_pred = pair
+    np.testing.assert_allclose(
+        call(y_true, y_pred, alpha=alpha, beta=beta, gamma=gamma, smooth=smooth),
+        numpy_tversky(y_true, y_pred, alpha, beta, gamma, smooth),
+        rtol=2e-5,
+        atol=2e-6,
+    )
+
+
+def test_a_hand_computed_value_in_abraham_and_khans_convention():
+    """One 2x2 binary mask: TP = 0.9, FP = 0.2, FN = 1.1 (the default alpha, beta, gamma)."""
+    y_true = np.array([[[[1.0], [1.0]], [[0.0], [0.0]]]], np.float32)
+    y_pred = np.array([[[[0.9], [0.0]], [[0.2], [0.0]]]], np.float32)
+    index = (0.9 + 1.0) / (0.9 + 0.3 * 0.2 + 0.7 * 1.1 + 1.0)
+    assert call(y_true, y_pred)[0] == pytest.approx((1 - index) ** 0.75, rel=1e-6)
+    assert call(y_true, y_pred, gamma=1.0)[0] == pytest.approx(1 - index, rel=1e-6)
+
+
+@SETTINGS
+@given(mask_pairs(), smooths)
+def test_at_half_half_and_gamma_one_it_is_dice_with_twice_the_smoothing(pair, smooth):
+    y_true, y_pred = pair
+    config = {"alpha": 0.5, "beta": 0.5, "gamma": 1.0, "smooth": smooth}
+    spec = lossplug.registry.spec("tversky")
+    example = Example({"y_true": y_true}, {"y_pred": y_pred}, spec.make_config(config))
+    t, p = np.float64(y_true), np.float64(y_pred)
+    num, den = 2 * (p * t).sum((1, 2)) + 2 * smooth, (p + t).sum((1, 2)) + 2 * smooth
+    dice = 1 - np.mean(np.where(den > 0, num / np.where(den > 0, den, 1), 1), -1)  # 0/0: 1
+    np.testing.assert_allclose(claims.dice_reference(example), dice, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(call(y_true, y_pred, **config), dice, rtol=1e-5, atol=1e-6)
+
+
+@SETTINGS
+@given(mask_pairs(binary_target=False), smooths, st.sampled_from([0.0, 0.2, 0.5]))
+def test_more_weight_on_an_error_never_lowers_the_loss(pair, smooth, base):
+    y_true, y_pred = pair
+    values = [call(y_true, y_pred, alpha=a, beta=0.5, smooth=smooth) for a in (base, 0.7, 1.5)]
+    assert np.all(np.diff(values, axis=0) >= -1e-6)
+    values = [call(y_true, y_pred, alpha=0.5, beta=b, smooth=smooth) for b in (base, 0.7, 1.5)]
+    assert np.all(np.diff(values, axis=0) >= -1e-6)
+
+
+def test_beta_above_alpha_punishes_a_missed_pixel_more_than_a_spurious_one():
+    y_true = np.zeros((2, 4, 4, 1), np.float32)
+    y_true[:, :2, :2] = 1.0
+    missed, spurious = y_true.copy(), y_true.copy()
+    missed[0, 0, 0] = 0.0  # one false negative
+    spurious[0, 3, 3] = 1.0  # one false positive
+    loss_missed = call(y_true[:1], missed[:1], smooth=0.0)[0]
+    loss_spurious = call(y_true[:1], spurious[:1], smooth=0.0)[0]
+    assert loss_missed > loss_spurious > 0.0
+
+
+def test_keras_tversky_weighs_false_negatives_with_alpha():
+    """keras.losses.tversky(alpha=a, beta=b) is this loss with alpha=b, beta=a (gamma=1, smooth=0)."""
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, size=(3, 5, 5, 1)).astype("float32")
+    y_pred = rng.uniform(size=(3, 5, 5, 1)).astype("float32")
+    theirs = ops.convert_to_numpy(
+        keras.losses.tversky(y_true, y_pred, alpha=0.2, beta=0.8, axis=(1, 2, 3))
+    )
+    ours = call(y_true, y_pred, alpha=0.8, beta=0.2, gamma=1.0, smooth=0.0)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    swapped_back = call(y_true, y_pred, alpha=0.2, beta=0.8, gamma=1.0, smooth=0.0)
+    assert not np.allclose(swapped_back, theirs, rtol=1e-3)
+
+
+def test_multi_class_averages_the_classes():
+    y_true = np.zeros((1, 4, 4, 2), np.float32)
+    y_true[..., 0] = 1.0
+    y_true[0, 0, 0] = [0.0, 1.0]
+    y_pred = np.zeros_like(y_true)
+    y_pred[..., 0] = 1.0  # class 1 (one pixel) missed
+    per_class = [
+        call(y_true[..., c : c + 1], y_pred[..., c : c + 1], smooth=0.0)[0] for c in (0, 1)
+    ]
+    assert call(y_true, y_pred, smooth=0.0)[0] == pytest.approx(np.mean(per_class), rel=1e-6)
+    assert per_class[1] == pytest.approx(1.0)  # nothing of class 1 found
+
+
+# --------------------------------------------------------------------- shapes and numerics
+def test_class_id_masks_and_channel_free_binary_masks_are_accepted():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 3, size=(2, 4, 5))
+    one_hot = np.eye(3, dtype="float32")[ids]
+    y_pred = rng.uniform(size=(2, 4, 5, 3)).astype("float32")
+    expected = call(one_hot, y_pred)
+    np.testing.assert_allclose(call(ids, y_pred), expected, rtol=1e-6)
+    np.testing.assert_allclose(call(ids[..., None], y_pred), expected, rtol=1e-6)
+    binary = (ids == 1).astype("float32")
+    probabilities = y_pred[..., 1:2]
+    np.testing.assert_allclose(call(binary, probabilities), call(binary[..., None], probabilities))
+    flat_true, flat_pred = binary.reshape(2, -1), probabilities.reshape(2, -1)
+    np.testing.assert_allclose(
+        call(flat_true, flat_pred), call(binary[..., None], probabilities), rtol=1e-6
+    )
+
+
+def test_mismatched_masks_are_refused_with_the_convention():
+    y_pred = np.full((2, 4, 4, 3), 1 / 3, np.float32)
+    with pytest.raises(lossplug.InvalidTensorError, match=r"channels-last masks \(B, \.\.\., C\)"):
+        call(np.zeros((2, 4, 2, 3), np.float32), y_pred)
+    with pytest.raises(lossplug.InvalidTensorError, match="class ids of shape"):
+        call(np.zeros((2, 4, 4, 2), np.float32), y_pred)
+    with pytest.raises(lossplug.InvalidTensorError, match="flattened binary mask"):
+        call(np.zeros((2, 16, 1), np.float32), np.zeros((2, 16), np.float32))
+
+
+def test_class_ids_out_of_range_are_refused():
+    with pytest.raises(Exception, match=r"class ids outside \[0, 3\)"):
+        call(np.full((1, 2, 2), 3), np.full((1, 2, 2, 3), 1 / 3, np.float32))
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 4.0 / 3.0, 3.0])
+def test_perfect_and_empty_masks_give_zero_with_finite_gradients(gamma):
+    y_true = np.zeros((2, 3, 3, 2), np.float32)
+    y_true[0, :2, :2, 0] = 1.0
+    for smooth in (0.0, 1.0):
+        loss, grad = gradient(y_true, y_true.copy(), gamma=gamma, smooth=smooth)
+        np.testing.assert_array_equal(loss, 0.0)
+        assert np.all(np.isfinite(grad))
+
+
+def test_near_perfect_focal_gradient_is_the_analytic_one():
+    """(1 - TI)^0.75 is steep near TI = 1: its gradient is 0.75 d^(-1/4) times Tversky's.
+
+    All 16 target pixels are 1 and S = sum(p) = 16 - 1e-4, so FP = 0, FN = 16 - S and
+    d = 1 - TI = 0.7 (16 - S) / (0.3 S + 11.2), dd/dp_i = dd/dS = -11.2 / (0.3 S + 11.2)^2.
+    """
+    y_true = np.ones((1, 4, 4, 1), np.float32)
+    y_pred = y_true.copy()
+    y_pred[0, 0, 0, 0] = 1.0 - 1e-4
+    s = float(np.sum(y_pred.astype(np.float64)))
+    d = 0.7 * (16 - s) / (0.3 * s + 11.2)
+    slope = -11.2 / (0.3 * s + 11.2) ** 2
+    loss, grad = gradient(y_true, y_pred, smooth=0.0)
+    assert loss[0] == pytest.approx(d**0.75, rel=1e-3)
+    np.testing.assert_allclose(grad, 0.75 * d**-0.25 * slope, rtol=1e-3)
+    _, plain = gradient(y_true, y_pred, smooth=0.0, gamma=1.0)
+    np.testing.assert_allclose(plain, slope, rtol=1e-3)
+    assert np.all(np.abs(grad) > 15 * np.abs(plain))  # the focal exponent amplifies it
+
+
+def test_half_precision_masks_give_the_float32_loss():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, size=(2, 64, 64, 1)).astype("float16")
+    y_pred = rng.uniform(size=(2, 64, 64, 1)).astype("float16")  # sums exceed float16 precision
+    loss = call(y_true, y_pred)
+    assert loss.dtype == np.float32
+    np.testing.assert_allclose(loss, numpy_tversky(y_true, y_pred, 0.3, 0.7, 4 / 3, 1.0), rtol=1e-4)
+
+
+# --------------------------------------------------------------------- config and names
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"alpha": -0.1}, ["'tversky'", "alpha=-0.1", "in [0.0, inf]"]),
+        ({"beta": float("nan")}, ["'tversky'", "beta=nan"]),
+        ({"gamma": 0.0}, ["'tversky'", "gamma=0.0", "in [0.1, 10.0]"]),
+        ({"gamma": 12.0}, ["'tversky'", "gamma=12.0", "in [0.1, 10.0]"]),
+        ({"smooth": -1.0}, ["'tversky'", "smooth=-1.0", "in [0.0, inf]"]),
+        ({"gamma": "4/3"}, ["'tversky'", "gamma='4/3'", "int or float"]),
+        ({"alpha": 0.0, "beta": 0.0}, ["'tversky'", "at least one must be positive"]),
+        ({"beta": 1e-300}, ["'tversky'", "beta=1e-300", "0 or at least 1e-06"]),
+        ({"delta": 0.6}, ["'tversky'", "no parameter 'delta'", "alpha", "gamma"]),
+    ],
+)
+def test_bad_config_is_refused_naming_plugin_field_and_rule(config, words):
+    with pytest.raises(lossplug.PluginConfigError) as info:
+        lossplug.use("tversky", **config)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_defaults_are_abraham_and_khans():
+    config = lossplug.use("tversky").config
+    assert (config.alpha, config.beta, config.gamma, config.smooth) == (0.3, 0.7, 4 / 3, 1.0)
+
+
+def test_tversky_names_the_plugin_and_not_keras_loss():
+    """The core lets this plugin shadow Keras' "tversky" (as dice); other names stay Keras'."""
+    assert "tversky" in lossplug.specs.SHADOWABLE_KERAS_NAMES
+    assert "tversky" in lossplug.specs.KERAS_LOSS_NAMES
+    term = lossplug.terms.as_term("tversky")
+    assert term.plugin == "tversky" and term.keras_loss is None
+    assert lossplug.registry.spec("tversky").name == "tversky"
+    assert isinstance(lossplug.get("tversky"), lossplug.PluginLoss)
+    assert lossplug.terms.as_term("mse").keras_loss is not None
+
+
+def test_keras_tversky_stays_available_as_an_object():
+    """keras.losses.Tversky() (pooled over the batch) is still Keras' loss, in any compile."""
+    rng = np.random.default_rng(2)
+    y_true = rng.integers(0, 2, size=(3, 4, 4, 1)).astype("float32")
+    y_pred = rng.uniform(size=(3, 4, 4, 1)).astype("float32")
+    pooled = float(ops.convert_to_numpy(keras.losses.Tversky(alpha=0.3, beta=0.7)(y_true, y_pred)))
+    t, p = y_true.astype(np.float64), y_pred.astype(np.float64)
+    tp, fn, fp = (p * t).sum(), ((1 - p) * t).sum(), (p * (1 - t)).sum()
+    assert pooled == pytest.approx(1 - tp / (tp + 0.3 * fn + 0.7 * fp), rel=1e-5)
+
+
+# --------------------------------------------------------------------- end to end
+def make_blobs(n, size=16, seed=0):
+    """Noisy images with one or two small discs (about 8% foreground): an imbalanced task."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        for _ in range(rng.integers(1, 3)):
+            cy, cx = rng.uniform(2, size - 2, 2)
+            radius = rng.uniform(1.2, 2.8)
+            masks[i] = np.maximum(masks[i], (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2)
+    images = masks * 0.8 + rng.normal(0.0, 0.5, masks.shape)
+    return images[..., None].astype("float32"), masks[..., None]
+
+
+def iou_and_recall(y, probabilities):
+    hard, truth = probabilities > 0.5, y > 0.5
+    union = np.sum(hard | truth)
+    iou = np.sum(hard & truth) / union if union else 1.0
+    return float(iou), float(np.sum(hard & truth) / np.sum(truth))
+
+
+def train(loss, x, y, x_test, y_test):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
+    masks = keras.layers.Conv2D(1, 1, activation="sigmoid", name="masks")(h)
+    model = lossplug.LossModel(inputs, masks)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
+    before = iou_and_recall(y_test, model.predict(x_test, verbose=0))
+    history = model.fit(x, y, epochs=10, batch_size=16, verbose=0).history
+    return before, iou_and_recall(y_test, model.predict(x_test, verbose=0)), history
+
+
+@pytest.mark.slow
+def test_tversky_segments_small_blobs_where_bce_gives_up():
+    x, y = make_blobs(128, seed=0)
+    x_test, y_test = make_blobs(128, seed=1)
+    before, after, history = train("tversky", x, y, x_test, y_test)
+    _, bce, _ = train("binary_crossentropy", x, y, x_test, y_test)
+    _, balanced, _ = train(
+        lossplug.use("tversky", alpha=0.5, beta=0.5, gamma=1.0), x, y, x_test, y_test
+    )
+    print(
+        f"\nheld-out IoU / recall: untrained {before[0]:.3f} / {before[1]:.3f}, "
+        f"BCE {bce[0]:.3f} / {bce[1]:.3f}, Dice-like (alpha=beta=0.5, gamma=1) "
+        f"{balanced[0]:.3f} / {balanced[1]:.3f}, tversky defaults (focal, gamma=4/3) "
+        f"{after[0]:.3f} / {after[1]:.3f}"
+    )
+    assert set(history) == {"loss", "tversky"}
+    assert history["tversky"][-1] < 0.6 * history["tversky"][0]
+    assert after[0] > before[0] + 0.4 and after[0] > bce[0] + 0.3
+    assert after[1] > balanced[1]  # beta > alpha: fewer missed pixels than the balanced loss
