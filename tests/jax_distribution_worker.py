@@ -1,10 +1,13 @@
 """Subprocess body of the JAX ``keras.distribution`` tests (devices are fixed at JAX's start).
 
 Usage: python jax_distribution_worker.py single|data_parallel OUT.npz [--local-mining]
+       python jax_distribution_worker.py single|data_parallel OUT.npz --center-paper
 
 Trains a LossModel with a per-sample term, a stateful term and a scalar batch-coupled term
 on the same global batches, on one CPU device or with ``keras.distribution.DataParallel``
-over two, and saves the logs, evaluate(), predict() and every weight.
+over two, and saves the logs, evaluate(), predict() and every weight. With
+``--center-paper`` the model trains ``center(update="paper")`` instead (state updated by
+the plugin's own rule) and saves the centres and every weight.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 
 mode, out_path = sys.argv[1], sys.argv[2]
 local_mining = "--local-mining" in sys.argv
+center_paper = "--center-paper" in sys.argv
 os.environ["KERAS_BACKEND"] = "jax"
 if mode == "data_parallel":
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -37,6 +41,28 @@ sample_weight = rng.uniform(0.5, 1.5, GLOBAL_BATCH * STEPS).astype("float32")
 if mode == "data_parallel":
     assert len(jax.devices()) == 2, jax.devices()
     keras.distribution.set_distribution(keras.distribution.DataParallel())
+
+if center_paper:
+    # The rule sees the global batch (one SPMD program) and is applied once per step.
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((10,))
+    features = keras.layers.Dense(6, activation="tanh", name="features")(inputs)
+    logits = keras.layers.Dense(3, name="logits")(features)
+    model = lossplug.LossModel(inputs, logits, expose=["features"])
+    center = lossplug.use("center", weight=0.5, num_classes=3, alpha=0.5, update="paper")
+    model.compile(keras.optimizers.Adam(1e-2), loss=["toy_ce", center])
+    fit_args = {"batch_size": GLOBAL_BATCH, "shuffle": False, "verbose": 0}
+    model.fit(x, y, sample_weight=sample_weight, epochs=2, **fit_args)
+    centers = keras.ops.convert_to_numpy(model.term_state("center")["centers"])
+    model.evaluate(x, y, batch_size=GLOBAL_BATCH, verbose=0)  # applies no update
+    after = keras.ops.convert_to_numpy(model.term_state("center")["centers"])
+    np.testing.assert_array_equal(after, centers)
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    assert iterations == 2 * STEPS, iterations
+    weights = {w.path.replace("/", "__"): keras.ops.convert_to_numpy(w) for w in model.weights}
+    np.savez(out_path, centers=centers, devices=np.array(len(jax.devices())), **weights)
+    print("DONE center_paper", mode, len(jax.devices()))
+    sys.exit(0)
 
 keras.utils.set_random_seed(7)
 inputs = keras.Input((10,))

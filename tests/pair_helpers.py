@@ -1,8 +1,9 @@
 """Helpers of the tests of lossplug.pairs and lossplug.mining: NumPy references, gradients.
 
-The gradient helper works on every Keras backend (TensorFlow's GradientTape,
-jax.grad, torch autograd), so these tests also run with KERAS_BACKEND=jax or
-torch.
+Gradients and compiled functions come from lossplug.testing (the backend's autodiff and
+compilers: GradientTape / tf.function, jax.grad / jax.jit, torch autograd /
+torch.compile), so these tests also run with KERAS_BACKEND=jax or torch. As there,
+float64 inputs stay float64 on JAX (64-bit mode while the helpers run).
 """
 
 from __future__ import annotations
@@ -11,38 +12,21 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from lossplug.testing import compiled, value_and_gradients
+
+__all__ = [
+    "brute_force_triplets",
+    "compiled",
+    "np_masked_logsumexp",
+    "np_pairwise",
+    "value_and_gradient",
+]
 
 
 def value_and_gradient(fn: Callable[[Any], Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fn(x), d sum(fn(x)) / dx) as NumPy arrays; x is a NumPy array of any float dtype."""
-    import keras
-    from keras import ops
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        t = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(t)
-            value = fn(t)
-            total = ops.sum(value)
-        grad = tf.convert_to_tensor(tape.gradient(total, t))
-        return np.asarray(value), np.asarray(grad)
-    if backend == "jax":
-        import jax
-
-        value = fn(ops.convert_to_tensor(x))
-        grad = jax.grad(lambda a: ops.sum(fn(a)))(ops.convert_to_tensor(x))
-        return np.asarray(value), np.asarray(grad)
-    if backend == "torch":
-        import torch
-
-        t = torch.tensor(x, requires_grad=True)
-        value = fn(t)
-        ops.sum(value).backward()
-        return value.detach().cpu().numpy(), t.grad.detach().cpu().numpy()
-    raise NotImplementedError(f"no gradient helper for backend {backend!r}")
+    value, grads = value_and_gradients(lambda x: fn(x), {"x": x})  # fn names its argument
+    return value, grads["x"]
 
 
 def np_pairwise(x: np.ndarray, y: np.ndarray | None, metric: str, eps: float) -> np.ndarray:
@@ -108,19 +92,3 @@ def brute_force_triplets(
     loss = total / denominator if denominator > 0 else 0.0
     active = sum(1 for _, h in scored if h > 0)
     return loss, (active / len(scored) if scored else 0.0)
-
-
-def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled the way training compiles it: tf.function with dynamic shapes, jax.jit."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, reduce_retracing=True)
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    return fn  # torch runs eagerly

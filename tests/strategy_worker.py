@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import lossplug  # noqa: E402
 import toy_plugins as tp  # noqa: E402
 
-for plugin in (tp.SparseCE(), tp.ToyCenter(), tp.BatchSpread()):
+for plugin in (tp.SparseCE(), tp.ToyCenter(), tp.BatchSpread(), tp.NanAt()):
     lossplug.register(plugin)
 
 keras.config.disable_traceback_filtering()
@@ -52,6 +52,72 @@ if os.environ.get("LOSSPLUG_PLAIN_KERAS"):
         )
     plain.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0)
     print("DONE plain")
+    sys.exit(0)
+
+nan_batch = os.environ.get("LOSSPLUG_NAN_AT_BATCH")
+if nan_batch is not None:
+    # The finite guard under the strategy: a NaN term first appearing at batch k of
+    # epoch 1 stops fit naming it; that step is applied on no replica.
+    k = int(nan_batch)
+    x[k * GLOBAL_BATCH : (k + 1) * GLOBAL_BATCH, 0] = 1000.0  # marked for toy_nan_at
+    with strategy.scope():
+        keras.utils.set_random_seed(7)
+        inputs = keras.Input((10,))
+        logits = keras.layers.Dense(3, name="logits")(inputs)
+        model = lossplug.LossModel(inputs, logits)
+        model.compile(keras.optimizers.Adam(1e-2), loss=["toy_ce", "toy_nan_at"])
+    before: list[np.ndarray] = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == k - 1:
+                before[:] = [keras.ops.convert_to_numpy(w).copy() for w in self.model.weights]
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    try:
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[Snapshot()])
+    except lossplug.NonFiniteLossError as error:
+        message = str(error)
+    else:
+        raise AssertionError("fit did not raise NonFiniteLossError")
+    assert message.startswith("loss plugin 'toy_nan_at' (term 'toy_nan_at')"), message
+    assert f"at epoch 1, batch {k}" in message, message
+    after = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    for got, want in zip(after, before, strict=True):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_array_equal(got, want)
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    assert iterations == STEPS + k, iterations  # epoch 0 whole, epoch 1 up to batch k
+    print("DONE nan", mode, strategy.num_replicas_in_sync)
+    sys.exit(0)
+
+if os.environ.get("LOSSPLUG_CENTER_PAPER"):
+    # State updated by a plugin's own rule under the strategy: center(update="paper")
+    # computes the rule from the global batch (extras.all_gather) on every replica; the
+    # trainer applies it once per step. Saves the centres and every weight.
+    with strategy.scope():
+        keras.utils.set_random_seed(7)
+        inputs = keras.Input((10,))
+        features = keras.layers.Dense(6, activation="tanh", name="features")(inputs)
+        logits = keras.layers.Dense(3, name="logits")(features)
+        model = lossplug.LossModel(inputs, logits, expose=["features"])
+        center = lossplug.use("center", weight=0.5, num_classes=3, alpha=0.5, update="paper")
+        model.compile(keras.optimizers.Adam(1e-2), loss=["toy_ce", center])
+    state = model.term_state("center")["centers"]
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, sample_weight)).batch(GLOBAL_BATCH)
+    model.fit(dataset, epochs=2, verbose=0)
+    centers = keras.ops.convert_to_numpy(state)
+    model.evaluate(dataset, verbose=0)  # applies no update
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(state), centers)
+    copies = strategy.experimental_local_results(state.value)
+    assert len(copies) == strategy.num_replicas_in_sync, copies
+    for copy in copies:  # every replica holds the same centres
+        np.testing.assert_array_equal(copy.numpy(), centers)
+    weights = {w.path.replace("/", "__"): keras.ops.convert_to_numpy(w) for w in model.weights}
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    assert iterations == 2 * STEPS, iterations
+    np.savez(out_path, centers=centers, replicas=np.array(strategy.num_replicas_in_sync), **weights)
+    print("DONE center_paper", mode, strategy.num_replicas_in_sync)
     sys.exit(0)
 
 with strategy.scope():

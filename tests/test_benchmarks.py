@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# The benchmark scripts measure against hand-written TensorFlow baselines in one process:
+# they run on the TensorFlow backend (docs/performance.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.backends("tensorflow")]
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -60,3 +62,18 @@ def test_plugin_benchmarks_print_their_tables(script, args, first_column):
     table = [line for line in out.splitlines() if line.startswith(f"| {first_column} |")]
     assert table, out
     assert "x |" in table[0] and "MB" in table[0]
+
+
+def test_center_rate_benchmark_prints_both_rules():
+    out = run_benchmark("bench_center_rate.py", "--steps", "2")
+    assert out.startswith("date: ") and "\nmachine: " in out
+    rows = re.findall(r"^\| (gradient|paper) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)
+    assert [(rule, alpha) for rule, alpha, *_ in rows] == [
+        ("gradient", "0.1"),
+        ("gradient", "1.0"),
+        ("paper", "0.1"),
+        ("paper", "1.0"),
+    ], out
+    assert all(float(first) > 0 and float(mean) > 0 for *_, first, mean in rows)
+    # the paper's rule: the first step is alpha times as long
+    assert re.search(r"^\| paper \| 0\.1 \|.*\| 0\.100 \|", out, re.M), out

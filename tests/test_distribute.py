@@ -84,6 +84,13 @@ def test_mirrored_matches_single_device(single, tmp_path):
         np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("mode", ["single", "mirrored"])
+def test_non_finite_term_at_a_later_batch_stops_every_replica(mode, tmp_path):
+    # The worker asserts the message (term, epoch 1, batch 3), that the weights are
+    # those from before that batch on every replica, and the optimizer's step count.
+    finish(run(mode, tmp_path / "nan.npz", {"LOSSPLUG_NAN_AT_BATCH": "3"}))
+
+
 def test_mirrored_refuses_several_steps_per_execution(tmp_path):
     # Keras 3 cannot run steps_per_execution > 1 across replicas (canary below): a clear
     # error at compile time instead of a TensorFlow graph error in the first step.

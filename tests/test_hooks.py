@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import keras
 import lossplug
 import numpy as np
@@ -50,6 +51,41 @@ def test_named_loss_calls_exactly_its_plugin(toy_plugins):
     x, y = data()
     model.fit(x, y, epochs=1, verbose=0)
     assert toy_plugins.EpochProbe.calls == 0  # registered, never named, never called
+
+
+def test_a_plugin_registered_later_never_answers_for_an_earlier_term(toy_plugins):
+    # build_loss_graph is firstresult: a caller made before another plugin was registered
+    # must still reach only its own plugin (a retrace of an earlier model's step, e.g. for a
+    # new batch size, would otherwise run the newer plugin's loss).
+    model = small_model()
+    model.compile("sgd", loss=["toy_ce"])
+    x, y = data()
+    before = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+
+    class Impostor(toy_plugins.SparseCE):
+        @hookimpl
+        def lossplug_spec(self):
+            return (
+                super()
+                .lossplug_spec()
+                .__class__(
+                    **{
+                        **attrs.asdict(super().lossplug_spec(), recurse=False),
+                        "name": "toy_impostor",
+                    }
+                )
+            )
+
+        @hookimpl
+        def build_loss_graph(self, inputs, outputs, extras):
+            return ops.zeros_like(ops.cast(outputs["y_pred"], "float32")[:, 0]) + 123.0
+
+    lossplug.register(Impostor())
+    try:
+        after = model.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)  # retraces
+    finally:
+        lossplug.unregister("toy_impostor")
+    assert after["toy_ce"] == pytest.approx(before["toy_ce"], rel=1e-5)
 
 
 def test_wrappers_observe_every_call_and_can_change_results():

@@ -10,7 +10,7 @@ import keras
 import lossplug
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from lossplug.terms import reduce_per_sample
@@ -82,6 +82,7 @@ def test_term_value_matches_numpy_with_sample_weights():
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@settings(deadline=None)  # eager JAX compiles each operation for every new shape
 @given(
     per_sample=hnp.arrays(
         np.float32,

@@ -317,9 +317,8 @@ def test_l2_normalize_gradient_is_bounded_by_one_over_epsilon_in_every_dtype(dty
         assert np.all(np.isfinite(grad))
         slack = 1.01 if dtype in ("float32", "float64") else 1.05  # rounding of the gradient
         assert np.all(np.linalg.norm(grad, axis=1) <= slack / EPS), np.linalg.norm(grad, axis=1)
-    # float64 stays float64 (where the backend has it: JAX needs jax_enable_x64), else float32
-    backend_dtype = ops.convert_to_numpy(ops.convert_to_tensor(x)).dtype
-    assert value.dtype == (np.float64 if backend_dtype == np.float64 else np.float32)
+    # float64 stays float64 (the gradient helper enables 64-bit types on JAX), else float32
+    assert value.dtype == (np.float64 if x.dtype == np.float64 else np.float32)
     # a zero row gets exactly 1 / eps times the upstream gradient: finite in float16 for
     # upstream gradients below 63.96 (65504 * eps)
     zeros = np.zeros((2, 3), dtype)

@@ -301,6 +301,26 @@ def test_import_lossplug_before_keras_then_load_model(tmp_path):
     assert "LossModel ['label_smoothing', 'center']" in out
 
 
+def test_lossplug_use_before_keras_imports_keras_and_registers_without_warning(tmp_path):
+    # lossplug.use imports Keras itself, while lossplug.terms is still being imported: the
+    # registration waits for that import to end instead of failing on the circular import.
+    model = build()
+    model.compile("adam", loss=["label_smoothing", lossplug.use("center", num_classes=4)])
+    model.save(tmp_path / "m.keras")
+    out = ok(
+        fresh_python(f"""
+        import warnings
+        warnings.filterwarnings("error", message="lossplug could not register")
+        import lossplug
+        term = lossplug.use("center", num_classes=4)
+        import keras
+        loaded = keras.models.load_model({str(tmp_path / "m.keras")!r})
+        print(type(loaded).__name__, term.name)
+        """)
+    )
+    assert "LossModel center" in out
+
+
 # --------------------------------------------------------------------- weights given badly
 @keras.saving.register_keras_serializable(package="tests")
 def none_after_one(epoch):

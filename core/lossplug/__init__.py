@@ -65,6 +65,9 @@ def __getattr__(name: str) -> Any:
     except KeyError:
         raise AttributeError(f"module 'lossplug' has no attribute {name!r}") from None
     module = importlib.import_module(module_name)
+    if _PENDING:  # this import imported Keras: register now that lossplug's modules are whole
+        _PENDING.clear()
+        _register_keras_objects()
     value = module if attribute is None else getattr(module, attribute)
     globals()[name] = value
     return value
@@ -99,6 +102,19 @@ def available() -> list[str]:
     return registry.names()
 
 
+#: set when Keras finished importing while a lossplug module was still being imported (by
+#: that import: ``lossplug.use`` imports Keras); the registration then waits for it to end
+_PENDING: list[bool] = []
+
+
+def _initializing_lossplug() -> bool:
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if name == "lossplug" or name.startswith("lossplug.")
+    )
+
+
 def _register_keras_objects() -> None:
     """Import the Keras-side modules so ``keras.models.load_model`` finds LossModel, Term..."""
     for module in ("lossplug.model", "lossplug.keras_loss"):
@@ -130,6 +146,9 @@ class _AfterKerasImport(importlib.abc.MetaPathFinder):
         def exec_module(module: Any) -> None:
             original(module)
             _forget_hook()
+            if _initializing_lossplug():
+                _PENDING.append(True)
+                return
             try:
                 _register_keras_objects()
             except Exception as exc:  # never break ``import keras`` itself

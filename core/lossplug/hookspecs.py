@@ -70,7 +70,14 @@ def build_loss_graph(
             (create trainable or non-trainable variables with
             ``extras.state.variable(...)``; they are saved with the model) and
             ``all_gather`` (concatenate a tensor across replicas of a
-            ``tf.distribute`` strategy; identity otherwise).
+            ``tf.distribute`` strategy; identity otherwise). A non-trainable
+            variable the plugin moves by its own rule is set with
+            ``extras.state.update(name, value)``: the core assigns ``value``
+            once per training step, after the optimizer's update and only if the
+            step is applied (finite), never in ``evaluate``, ``predict`` or the
+            compile-time probe. Compute ``value`` with ``keras.ops.stop_gradient``
+            from the global batch (``extras.all_gather``) so every replica
+            assigns the same value.
 
     Returns:
         A :class:`lossplug.LossResult` with ``loss`` and optional ``metrics``,

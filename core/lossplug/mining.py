@@ -59,9 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 from .pairs import label_masks, masked_argmax, masked_argmin, safe_divide
 
@@ -82,9 +80,12 @@ AVERAGES = ("valid", "active")
 Recompute = Callable[[Any, Any], Any]
 
 
-@attrs.frozen
-class MiningResult:
-    """The mined loss and its bookkeeping (all scalars of the compute dtype)."""
+class MiningResult(NamedTuple):
+    """The mined loss and its bookkeeping (all scalars of the compute dtype).
+
+    A named tuple, not an attrs class: it is built inside compiled steps, and
+    torch.compile's tracer cannot follow attrs' generated ``__init__``.
+    """
 
     loss: Any
     active_fraction: Any  #: active / valid triplets (unweighted); 0 without valid triplets

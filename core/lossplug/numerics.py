@@ -33,6 +33,7 @@ __all__ = [
     "compute_dtype",
     "is_sparse_labels",
     "l2_normalize",
+    "mean",
     "one_hot_targets",
     "reduce_trailing",
     "segmentation_masks",
@@ -326,6 +327,27 @@ def clipped_binary_probabilities(p: Any) -> tuple[Any, Any]:
     return ops.clip(p, eps, 1.0 - eps), ops.clip(1.0 - p, eps, 1.0 - eps)
 
 
+def mean(values: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Any:
+    """``keras.ops.mean`` computed as sum / count, in the dtype of ``values``.
+
+    Keras 3.15 computes ``ops.mean`` of a float64 tensor in float32 on JAX and PyTorch
+    (docs/decisions.md, upstream limitations); plugins that must be float64-exact (the
+    kit's finite-difference and dtype checks) use this instead.
+    """
+    from keras import ops
+
+    total = ops.sum(values, axis=axis, keepdims=keepdims)
+    shape = ops.shape(values)
+    if axis is None:
+        axes: tuple[int, ...] = tuple(range(len(values.shape)))
+    else:
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    count = 1
+    for a in axes:
+        count = count * shape[a]
+    return total / ops.cast(count, total.dtype)
+
+
 def reduce_trailing(values: Any, reduction: str = "sum") -> Any:
     """Sum or mean over every axis but the first: shape (B, ...) -> (B,).
 
@@ -339,15 +361,9 @@ def reduce_trailing(values: Any, reduction: str = "sum") -> Any:
     axes = tuple(range(1, len(values.shape)))
     if not axes:
         return values
-    total = ops.sum(values, axis=axes)
     if reduction == "sum":
-        return total
-    # sum / count rather than ops.mean: Keras 3.15's torch backend computes the mean of a
-    # float64 tensor in float32.
-    count = 1
-    for axis in axes:
-        count = count * ops.shape(values)[axis]
-    return total / ops.cast(count, total.dtype)
+        return ops.sum(values, axis=axes)
+    return mean(values, axis=axes)
 
 
 def l2_normalize(x: Any, axis: int = -1, *, epsilon: float = L2_EPSILON) -> Any:

@@ -37,6 +37,11 @@ The square root of ``euclidean`` is taken with a "double where": coincident
 points give exactly 0 with a zero (not NaN) gradient, and the derivative of a
 distance computed from differences is a unit vector, bounded by 1.
 
+A set of references may have rows that do not exist yet (the unfilled slots of
+a cross-batch memory): pass ``valid`` (boolean (M,)) to
+:func:`pairwise_distances` and :func:`label_masks`, and those rows enter
+neither the distances' centring and refinement nor any pair.
+
 Masked reductions over the last axis (``mask`` True where an entry counts) all
 return a defined value with finite, zero gradients for a row without entries:
 :func:`masked_max`, :func:`masked_min`, :func:`masked_argmax`,
@@ -189,8 +194,12 @@ def _zero_diagonal(matrix: Any) -> Any:
     return ops.where(ops.eye(size, dtype="bool"), ops.zeros_like(matrix), matrix)
 
 
-def _refine_nearest(squared: Any, x: Any, y: Any, k: int, same: bool) -> Any:
-    """``squared`` with each row's k smallest entries recomputed from differences."""
+def _refine_nearest(squared: Any, x: Any, y: Any, k: int, same: bool, valid: Any = None) -> Any:
+    """``squared`` with each row's k smallest entries recomputed from differences.
+
+    Columns where ``valid`` (boolean (M,)) is False are ranked last, so they take
+    a refined slot only when a row has fewer than k valid columns.
+    """
     from keras import ops
 
     rows, cols = _num_rows(x), _num_rows(y)
@@ -201,6 +210,8 @@ def _refine_nearest(squared: Any, x: Any, y: Any, k: int, same: bool) -> Any:
     ranking = ops.stop_gradient(squared)
     if same:  # the diagonal is exactly 0 already: rank it last
         ranking = ops.where(ops.eye(rows, dtype="bool"), ops.max(ranking) + 1.0, ranking)
+    if valid is not None:
+        ranking = ops.where(valid[None, :], ranking, ops.max(ranking) + 1.0)
     _, nearest = ops.top_k(-ranking, k)  # (B, k) column indices
     nearest = ops.cast(nearest, "int32")
     difference = x[:, None, :] - ops.take(y, nearest, axis=0)  # (B, k, D)
@@ -214,7 +225,7 @@ def _refine_nearest(squared: Any, x: Any, y: Any, k: int, same: bool) -> Any:
 
 
 def pairwise_squared_euclidean(
-    x: Any, y: Any = None, *, exact_neighbours: int = EXACT_NEIGHBOURS
+    x: Any, y: Any = None, *, exact_neighbours: int = EXACT_NEIGHBOURS, valid: Any = None
 ) -> Any:
     """||x_i - y_j||^2 for all rows, shape (B, M); zero diagonal when ``y`` is None.
 
@@ -226,15 +237,28 @@ def pairwise_squared_euclidean(
     for ranking pairs whose distances are then recomputed (its entries below the
     rounding level are noise, with meaningless gradients). Time O(B M D), memory
     O(B M + B k D).
+
+    ``valid`` (boolean (M,), only with ``y``) marks the rows of ``y`` that exist
+    (the filled slots of a memory): the others enter neither the common mean the
+    rows are centred on nor the refined nearest entries, and their columns hold
+    finite values without meaning (mask them out, e.g. with :func:`label_masks`).
     """
     from keras import ops
 
     same = y is None
+    if valid is not None and same:
+        raise ValueError("pairwise distances: valid= applies to a second set y only")
     x, y, dtype = _same_dtype(x, x if same else y)
     if same:
         centre = ops.mean(x, axis=0, keepdims=True)
-    else:
+    elif valid is None:
         centre = ops.mean(ops.concatenate([x, y], axis=0), axis=0, keepdims=True)
+    else:
+        valid = ops.reshape(ops.cast(valid, "bool"), (-1,))
+        kept = ops.where(valid[:, None], y, 0.0)  # not a product: rows may hold anything
+        total = ops.sum(x, axis=0, keepdims=True) + ops.sum(kept, axis=0, keepdims=True)
+        count = ops.cast(ops.shape(x)[0], dtype) + ops.sum(ops.cast(valid, dtype))
+        centre = total / ops.maximum(count, 1.0)
     cx, cy = x - ops.stop_gradient(centre), y - ops.stop_gradient(centre)
     nx = ops.sum(ops.square(cx), axis=1)
     ny = ops.sum(ops.square(cy), axis=1)
@@ -243,7 +267,7 @@ def pairwise_squared_euclidean(
     if exact_neighbours > 0:
         noise = GRAM_NOISE * _eps(dtype) * ops.stop_gradient(nx[:, None] + ny[None, :])
         squared = ops.where(squared > noise, squared, 0.0)
-        squared = _refine_nearest(squared, x, y, int(exact_neighbours), same)
+        squared = _refine_nearest(squared, x, y, int(exact_neighbours), same, valid)
     return _zero_diagonal(squared) if same else squared
 
 
@@ -253,6 +277,7 @@ def pairwise_distances(
     metric: str = "euclidean",
     *,
     exact_neighbours: int = EXACT_NEIGHBOURS,
+    valid: Any = None,
 ) -> Any:
     """All distances d(x_i, y_j), shape (B, M); zero diagonal when ``y`` is None.
 
@@ -261,18 +286,25 @@ def pairwise_distances(
     nearest entries and accurate to ~eps * ||c||^2 / d relative elsewhere;
     pass ``exact_neighbours=0`` for a matrix used only to rank pairs. Computed
     in the compute dtype (float32, or float64 for float64 inputs).
+
+    ``valid`` (boolean (M,), only with ``y``): which rows of ``y`` exist, see
+    :func:`pairwise_squared_euclidean`; the columns of the other rows hold finite
+    values without meaning (cosine distances ignore ``valid``: each entry depends
+    on its two rows only).
     """
     from keras import ops
 
     _check_metric(metric)
     if metric == "cosine":
         same = y is None
+        if valid is not None and same:
+            raise ValueError("pairwise distances: valid= applies to a second set y only")
         x, y, _ = _same_dtype(x, x if same else y)
         unit_x = l2_normalize(x)
         unit_y = unit_x if same else l2_normalize(y)
         distances = ops.clip(1.0 - ops.matmul(unit_x, ops.transpose(unit_y)), 0.0, 2.0)
         return _zero_diagonal(distances) if same else distances
-    squared = pairwise_squared_euclidean(x, y, exact_neighbours=exact_neighbours)
+    squared = pairwise_squared_euclidean(x, y, exact_neighbours=exact_neighbours, valid=valid)
     return squared if metric == "squared_euclidean" else safe_sqrt(squared)
 
 
@@ -329,13 +361,21 @@ def embeddings_and_labels(
 
 # ----------------------------------------------------------------------- label masks
 def label_masks(
-    labels: Any, other_labels: Any = None, *, exclude_self: bool | None = None
+    labels: Any,
+    other_labels: Any = None,
+    *,
+    exclude_self: bool | None = None,
+    valid: Any = None,
 ) -> tuple[Any, Any]:
     """Boolean (B, M) masks of positive pairs (same label) and negative pairs (other label).
 
     ``other_labels`` defaults to ``labels`` (then M = B); labels of shape (B,)
     or (B, 1). ``exclude_self`` (default: True when ``other_labels`` is None)
     removes the diagonal from the positives: a sample is not its own positive.
+    ``valid`` (boolean (M,)) marks the references that exist (the filled slots
+    of a memory): a column where it is False is in neither mask. ``other_labels``
+    are compared in the dtype of ``labels`` (a memory may keep integer ids as
+    float32, which is exact below 2**24).
     """
     from keras import ops
 
@@ -356,6 +396,10 @@ def label_masks(
                 f"{rows} and {cols}"
             )
         positive = ops.logical_and(same, ops.logical_not(ops.eye(rows, dtype="bool")))
+    if valid is not None:
+        exists = ops.reshape(ops.cast(valid, "bool"), (1, -1))
+        positive = ops.logical_and(positive, exists)
+        negative = ops.logical_and(negative, exists)
     return positive, negative
 
 

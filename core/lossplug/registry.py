@@ -398,16 +398,15 @@ class Registry:
         return spec
 
     def hook_caller(self, name: str) -> Any:
-        """A pluggy hook caller for ``build_loss_graph`` holding only this plugin and wrappers."""
+        """A caller of ``build_loss_graph`` reaching only this plugin (and the wrappers).
+
+        The subset is taken at every call, not once: a pluggy subset caller only leaves
+        out the plugins registered when it was made, and ``build_loss_graph`` is
+        ``firstresult``, so a plugin loaded later would answer for this one.
+        """
         entry = self.entry(name)
         self._load_entry(entry)
-        pm = self._plugin_manager()
-        others = [
-            p
-            for other_name, p in pm.list_name_plugin()
-            if p is not entry.obj and other_name is not None and p not in self._wrappers
-        ]
-        return pm.subset_hook_caller("build_loss_graph", remove_plugins=others)
+        return _OnePluginCaller(self, entry.obj)
 
     # ------------------------------------------------------------ in-process
     def register(self, plugin: Any, *, replace: bool = False) -> PluginSpec:
@@ -489,3 +488,23 @@ class Registry:
 
 #: The process-wide registry used by ``compile``, ``lossplug.get`` and the CLI.
 registry = Registry()
+
+
+class _OnePluginCaller:
+    """``build_loss_graph`` of one plugin object and the registered wrappers."""
+
+    __slots__ = ("_obj", "_registry")
+
+    def __init__(self, registry: Any, obj: Any) -> None:
+        self._registry = registry
+        self._obj = obj
+
+    def __call__(self, **kwargs: Any) -> Any:
+        registry = self._registry
+        pm = registry._plugin_manager()
+        others = [
+            p
+            for other_name, p in pm.list_name_plugin()
+            if p is not self._obj and other_name is not None and p not in registry._wrappers
+        ]
+        return pm.subset_hook_caller("build_loss_graph", remove_plugins=others)(**kwargs)

@@ -385,6 +385,73 @@ class OutsideStateCenter(Center):
         return ops.sum(ops.square(ops.cast(x, dtype) - c), axis=-1)
 
 
+class RunningCenter(Center):
+    """||x - c_y||^2 with centres that follow their own rule, not the optimizer; a correct
+    reference for the update checks: c_j <- c_j - 1/2 sum_{y_i = j} (c_j - x_i) / (1 + n_j).
+    """
+
+    name = "kit_running_center"
+    description = "center loss with centres updated by a rule (conformance-kit reference)"
+
+    def centres(self, extras: Any, x: Any) -> Any:
+        return extras.state.variable(
+            "centers", (extras.config.num_classes, x.shape[-1]), trainable=False
+        )
+
+    def new_centres(self, centres: Any, x: Any, y: Any, num_classes: int) -> Any:
+        one_hot = ops.one_hot(ops.cast(y, "int32"), num_classes, dtype="float32")
+        counts = ops.sum(one_hot, axis=0)[:, None]
+        sums = ops.matmul(ops.transpose(one_hot), ops.cast(x, "float32"))
+        delta = (counts * centres - sums) / (1.0 + counts)
+        return centres - 0.5 * delta
+
+    def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
+        x = outputs["features"]
+        dtype = compute_dtype(x)
+        centres = self.centres(extras, x)
+        y = inputs["y_true"]
+        if extras.training:
+            frozen = ops.stop_gradient(ops.convert_to_tensor(centres))
+            self.record(extras, centres, self.new_centres(frozen, x, y, extras.config.num_classes))
+        c = ops.take(ops.cast(centres, dtype), ops.cast(y, "int32"), axis=0)
+        return ops.sum(ops.square(ops.cast(x, dtype) - ops.stop_gradient(c)), axis=-1)
+
+    def record(self, extras: Any, centres: Any, value: Any) -> None:
+        extras.state.update("centers", ops.stop_gradient(value))
+
+
+class AssigningCenter(RunningCenter):
+    """Bug: assigns the new centres itself, bypassing the core (applied at every call,
+    before the optimizer, also for a step the finite guard skips)."""
+
+    name = "kit_bad_assign"
+
+    def record(self, extras: Any, centres: Any, value: Any) -> None:
+        centres.assign(value)
+
+
+class NoisyCenter(RunningCenter):
+    """Bug: the update draws fresh noise on every call, so it is not deterministic."""
+
+    name = "kit_bad_noisy_update"
+
+    def record(self, extras: Any, centres: Any, value: Any) -> None:
+        noise = keras.random.normal(ops.shape(value), stddev=0.01)
+        extras.state.update("centers", value + noise)
+
+
+class NormalisedCenter(RunningCenter):
+    """Bug: moves the centres towards the *normalised* features x / ||x||: a zero feature
+    row makes the update NaN while the loss stays finite."""
+
+    name = "kit_bad_update_extremes"
+
+    def new_centres(self, centres: Any, x: Any, y: Any, num_classes: int) -> Any:
+        x = ops.cast(x, "float32")
+        unit = x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+        return super().new_centres(centres, unit, y, num_classes)
+
+
 @attrs.frozen
 class TemperatureConfig:
     temperature: float = param(1.0, doc="softmax temperature (no range declared: the bug)")
@@ -604,6 +671,9 @@ MUTANTS: list[tuple[Callable[[], Plugin], str, tuple[str, ...]]] = [
     (GraphBreakingCE, "compiled", ("works eagerly but fails under",)),
     (OutsideStateCenter, "state_store", ("outside its state store", "extras.state.variable")),
     (UnrangedTemperatureCE, "declared_ranges", ("no declared range", "temperature=0.0")),
+    (AssigningCenter, "state_updates", ("changed its state variable", "extras.state.update")),
+    (NoisyCenter, "state_updates", ("deterministic",)),
+    (NormalisedCenter, "state_updates_extremes", ("not finite", "extreme inputs")),
     (lambda: Cosine("kit_bad_bounded", (Bounded(0.0, 1.0),)), "bounded", ("outside",)),
     (
         lambda: Focal(

@@ -15,7 +15,7 @@ def test_check_passes_a_correct_plugin(register, capsys) -> None:
     assert main(["check", name, "--seed", "5"]) == 0
     out = capsys.readouterr().out
     assert "lossplug conformance" in out  # the summary table
-    assert f"ok {name}: 17 passed, 0 failed (profile quick, seed 5)" in out
+    assert f"ok {name}: 19 passed, 0 failed (profile quick, seed 5)" in out
     assert "OK: 1 plugin(s), 17 check(s), 0 failed" in out
 
 

@@ -15,8 +15,8 @@ from lossplug.testing import check_plugin, checks_for
 
 GENERIC = {
     "config_roundtrip", "finite", "finite_extremes", "degenerate_batch", "batch_order",
-    "sample_independence", "reduction", "state_store", "dtypes", "gradient_fd", "compiled",
-    "save_load",
+    "sample_independence", "reduction", "state_store", "state_updates", "state_updates_extremes",
+    "dtypes", "gradient_fd", "compiled", "save_load",
 }  # fmt: skip
 
 
@@ -80,7 +80,9 @@ def test_float16_report_reproduces_with_dtype(register) -> None:
     assert np.all(np.isfinite(loss32))
 
 
-@pytest.mark.parametrize("cls", [kp.Focal, kp.Center, kp.Accuracy], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "cls", [kp.Focal, kp.Center, kp.RunningCenter, kp.Accuracy], ids=lambda c: c.name
+)
 def test_reference_plugin_passes_every_check(register, cls) -> None:
     name = register(cls())
     report = check_plugin(name, profile="quick")

@@ -29,7 +29,8 @@ def test_the_one_liner_has_one_test_per_check() -> None:
     assert argname == "check"
     assert list(ids) == [
         "config_roundtrip", "finite", "finite_extremes", "degenerate_batch", "batch_order",
-        "sample_independence", "reduction", "state_store", "dtypes", "gradient_fd",
+        "sample_independence", "reduction", "state_store", "state_updates",
+        "state_updates_extremes", "dtypes", "gradient_fd",
         "non_negative", "bounded", "symmetric", "scale_invariant", "zero_at_perfect",
         "compiled", "save_load",
     ]  # fmt: skip

@@ -185,6 +185,10 @@ class Trainer:
                 record.apply_updates()
         else:
             warnings.warn("The model does not have any trainable weights.", stacklevel=2)
+            # No optimizer step, but the plugins' own rules still run once per step.
+            ok = self._lossplug_step_ok(record, None)
+            record.apply_updates(ok)
+            self._lossplug_guard.fail(self.optimizer.iterations, when=tf.logical_not(ok))
         return self._lossplug_logs(self.compute_metrics(x, y, y_pred, sample_weight))
 
     def test_step(self, data: Any) -> Any:

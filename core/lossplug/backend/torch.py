@@ -107,21 +107,22 @@ class Trainer:
         )
         if self.optimizer is not None:
             loss = self.optimizer.scale_loss(loss)
-        if self.trainable_weights:
+        variables, gradients = self.trainable_weights[:], None
+        if variables:
             loss.backward()
-            variables = self.trainable_weights[:]
             gradients = [v.value.grad for v in variables]
-            ok = True
-            if self._lossplug.value["check_finite"]:
-                ok = bool(self._lossplug_step_ok(record, gradients))
-            with torch.no_grad():
-                if ok:
-                    self.optimizer.apply(gradients, variables)
-                    record.apply_updates()
-                else:
-                    self._lossplug_guard.fail(self.optimizer.iterations)
-        else:
+        else:  # no optimizer step, but the plugins' own rules still run once per step
             warnings.warn("The model does not have any trainable weights.", stacklevel=2)
+        ok = True
+        if self._lossplug.value["check_finite"]:
+            ok = bool(self._lossplug_step_ok(record, gradients))
+        with torch.no_grad():
+            if ok:
+                if variables:
+                    self.optimizer.apply(gradients, variables)
+                record.apply_updates()
+            else:
+                self._lossplug_guard.fail(self.optimizer.iterations)
         return self._lossplug_logs(self.compute_metrics(x, y, y_pred, sample_weight))
 
     def test_step(self, data: Any) -> Any:

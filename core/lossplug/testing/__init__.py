@@ -15,6 +15,10 @@ round-trip, save/load of a LossModel); each property a plugin claims in its
 spec (:mod:`lossplug.properties`) adds one check. A failure reads like a bug
 report: plugin, property, minimal falsifying example and how to reproduce it.
 
+For a plugin's own tests, :func:`value_and_gradients` and :func:`compiled` (with
+:func:`compiler_modes`) take gradients and compile functions on every Keras backend
+(see :mod:`lossplug.testing.autodiff`).
+
 Importing this module registers the Hypothesis profiles ``lossplug-quick`` and
 ``lossplug-thorough`` (see :mod:`lossplug.testing.profiles`).
 """
@@ -22,6 +26,7 @@ Importing this module registers the Hypothesis profiles ``lossplug-quick`` and
 from __future__ import annotations
 
 from . import profiles, strategies
+from .autodiff import compiled, compiler_modes, value_and_gradients
 from .checks import Check, Context, checks_for
 from .harness import Outcome, PluginHarness, call_plugin
 from .profiles import PROFILE_ENV, QUICK, SEED_ENV, THOROUGH
@@ -44,8 +49,11 @@ __all__ = [
     "call_plugin",
     "check_plugin",
     "checks_for",
+    "compiled",
+    "compiler_modes",
     "conformance_tests",
     "profiles",
     "run_one",
     "strategies",
+    "value_and_gradients",
 ]

@@ -33,7 +33,7 @@ from ..properties import (
     ZeroAtPerfect,
 )
 from ..specs import Kind, PluginSpec, Source, make_config
-from . import declarations
+from . import declarations, updates
 from . import strategies as kst
 from ._data import (
     CONTINUOUS_KINDS,
@@ -1039,6 +1039,23 @@ def generic_checks(spec: PluginSpec) -> list[Check]:
             shrink=False,
         )
     )
+    checks += [
+        Check(
+            "state_updates",
+            "state changes only through extras.state.update, in training, deterministically",
+            lambda ctx: ctx.examples(),
+            updates.state_updates,
+            budget=0.1,
+            cap=3,
+        ),
+        Check(
+            "state_updates_extremes",
+            "state updates are finite at extreme inputs",
+            lambda ctx: kst.extreme_examples(ctx.spec, config_strategy=ctx.configs()),
+            updates.state_updates_extremes,
+            budget=0.2,
+        ),
+    ]
     if declarations.undeclared_float_fields(spec):
         checks.append(
             Check(

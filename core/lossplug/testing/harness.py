@@ -52,6 +52,9 @@ class Outcome:
     loss: np.ndarray | None
     metrics: dict[str, np.ndarray]
     per_sample: bool
+    #: the state updates the plugin asked for (``extras.state.update``), by variable name;
+    #: the kit never applies them
+    updates: dict[str, np.ndarray] = attrs.field(factory=dict)
 
     def values(self) -> dict[str, np.ndarray]:
         """The loss (if any) and every metric, by name (``"loss"``, ``"metric:<name>"``)."""
@@ -151,7 +154,8 @@ class Session:
             out = _core_call_plugin(
                 spec, caller, inputs, outputs, self.extras(training, epoch, step), term=spec.name
             )
-            return out.loss, {k: v for k, (v, _) in out.metrics.items()}
+            updates = {_var_name(var): value for var, value in out.updates}
+            return out.loss, {k: v for k, (v, _) in out.metrics.items()}, updates
 
         return run
 
@@ -170,15 +174,16 @@ class Session:
         inputs, outputs = self.tensors(example, dtype)
         args = (inputs, outputs, _int(epoch), _int(step))
         if mode == "eager":
-            loss, metrics = self._run(training)(*args)
+            loss, metrics, updates = self._run(training)(*args)
         elif mode in backend.current().KIT_MODES:
-            loss, metrics = self._function(mode, training, args)(*args)
+            loss, metrics, updates = self._function(mode, training, args)(*args)
         else:
             raise ValueError(f"mode must be one of {modes()}, got {mode!r}")
         return Outcome(
             loss=None if loss is None else _np(loss),
             metrics={k: _np(v) for k, v in metrics.items()},
             per_sample=loss is not None and len(loss.shape) > 0,
+            updates={k: _np(v) for k, v in updates.items()},
         )
 
     def _function(self, mode: str, training: bool, args: tuple) -> Any:
@@ -210,7 +215,7 @@ class Session:
         self.restore(example.state)
         inputs, outputs = self.tensors(example, dtype)
         if self.spec.returns == "metrics":
-            loss, metrics = self._run(training)(inputs, outputs, _int(0), _int(0))
+            loss, metrics, _ = self._run(training)(inputs, outputs, _int(0), _int(0))
             return Outcome(None, {k: _np(v) for k, v in metrics.items()}, False), {}, {}
         variables = list(self.store.trainable_variables)
         watched = {name: _lookup(inputs, outputs, name) for name in wrt}

@@ -195,7 +195,12 @@ def _config_values(config: Any) -> dict[str, Any]:
 
 
 def save_and_load(ctx: Any, example: Example) -> None:
-    """Build, train one epoch, evaluate, save, load (safe_mode) and compare."""
+    """Build, train one epoch, evaluate, save, load (safe_mode) and compare.
+
+    Every weight, the plugin's state included (as the training steps left it, with
+    the plugin's own updates applied), must be unchanged by ``evaluate`` and
+    ``predict`` and equal after loading.
+    """
     import lossplug
 
     spec = ctx.spec
@@ -226,10 +231,17 @@ def save_and_load(ctx: Any, example: Example) -> None:
             _stage(
                 "LossModel.fit", model.fit, x, y, batch_size=n, epochs=1, verbose=0, shuffle=False
             )
+    trained = {w.path: keras.ops.convert_to_numpy(w).copy() for w in model.weights}
     before = _stage(
         "LossModel.evaluate", model.evaluate, x, y, batch_size=n, verbose=0, return_dict=True
     )
     predicted = _stage("LossModel.predict", model.predict, x, batch_size=n, verbose=0)
+    for w in model.weights:
+        if not np.array_equal(keras.ops.convert_to_numpy(w), trained[w.path], equal_nan=True):
+            raise KitFailure(
+                f"evaluate() or predict() changed the variable {w.path!r}: state a plugin "
+                "updates by its own rule may change in training steps only"
+            )
     with tempfile.TemporaryDirectory(prefix="lossplug-kit-") as tmp:
         path = os.path.join(tmp, "model.keras")
         _stage("model.save", model.save, path)

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import lossplug
 from keras import ops
-from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec
+from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec, numerics
 from lossplug.numerics import reduce_trailing, to_compute_dtype
 
 
@@ -60,7 +60,7 @@ def lossplug_spec() -> PluginSpec:
 def build_loss_graph(
     inputs: Mapping[str, Any], outputs: Mapping[str, Any], extras: lossplug.Extras
 ) -> LossResult:
-    value = ops.mean(squared_norms(outputs["activations"]))
+    value = numerics.mean(squared_norms(outputs["activations"]))
     return LossResult(loss=None, metrics={"activation_norm": Metric(value, aggregation="mean")})
 
 

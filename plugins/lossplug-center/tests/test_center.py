@@ -20,7 +20,7 @@ from lossplug.properties import Example
 from lossplug.terms import call_plugin as core_call_plugin
 from lossplug.testing import call_plugin, conformance_tests
 from lossplug_center import claims
-from lossplug_center.loss import center_loss
+from lossplug_center.loss import center_loss, paper_update
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
@@ -35,17 +35,18 @@ def run(labels, features, centers=None, **config):
     return loss.astype(np.float64)
 
 
-def run_in(store, labels, features, **config):
-    """Call the plugin with a StateStore the test owns, to look at the variables it creates."""
+def call_in(store, labels, features, *, training=True, sample_weight=None, **config):
+    """Call the plugin with a StateStore the test owns; the core's TermOutput."""
     spec = plugin.SPEC
     extras = Extras(
         config=spec.make_config(config),
         epoch=tf.constant(0, tf.int64),
         step=tf.constant(0, tf.int64),
-        training=True,
+        training=training,
         state=store,
+        sample_weight=sample_weight,
     )
-    out = core_call_plugin(
+    return core_call_plugin(
         spec,
         plugin.build_loss_graph,
         {"y_true": labels},
@@ -53,7 +54,23 @@ def run_in(store, labels, features, **config):
         extras,
         term=spec.name,
     )
-    return keras.ops.convert_to_numpy(out.loss)
+
+
+def run_in(store, labels, features, **config):
+    """Call the plugin with a StateStore the test owns, to look at the variables it creates."""
+    return keras.ops.convert_to_numpy(call_in(store, labels, features, **config).loss)
+
+
+def paper_store(centers):
+    """A closed StateStore holding ``centers`` for update="paper" (as after compile)."""
+    store = StateStore(plugin="center")
+    k, d = centers.shape
+    run_in(
+        store, np.zeros(1, np.int64), np.zeros((1, d), np.float32), num_classes=k, update="paper"
+    )
+    store.close()
+    store.set_values({"centers": centers})
+    return store
 
 
 @st.composite
@@ -92,6 +109,7 @@ def test_zero_when_every_feature_is_its_centre(batch, alpha):
     np.testing.assert_allclose(loss, 0.0, atol=1e-6 * (1 + np.abs(centers).max() ** 2))
 
 
+@pytest.mark.backends("tensorflow")  # tf.GradientTape
 @SETTINGS
 @given(batches(), st.floats(0.0, 1.0))
 def test_alpha_scales_only_the_centres_gradient(batch, alpha):
@@ -110,6 +128,7 @@ def test_alpha_scales_only_the_centres_gradient(batch, alpha):
     np.testing.assert_allclose(grad_c, alpha * expected_c, rtol=1e-4, atol=1e-2)
 
 
+@pytest.mark.backends("tensorflow")  # tf.GradientTape and tf.IndexedSlices
 @pytest.mark.parametrize("alpha", [1.0, 0.25])
 def test_adam_first_step_is_bounded_by_the_learning_rate(alpha):
     """Adam's first step moves no centre coordinate by more than lr, with repeated labels too.
@@ -194,6 +213,160 @@ def test_claim_helpers_hold_on_an_example():
         claims.perfect(example.replace(state={}))
 
 
+# ----------------------------------------------------------------- update="paper"
+@SETTINGS
+@given(batches(), st.floats(0.0, 1.0), st.data())
+def test_paper_update_is_the_papers_rule(batch, alpha, data):
+    """c_j - alpha * sum_{y_i=j} w_i (c_j - x_i) / (1 + n_j), a class absent keeps its centre."""
+    labels, features, centers = batch
+    weights = data.draw(
+        st.one_of(
+            st.none(), hnp.arrays(np.float32, (len(labels),), elements=st.floats(0, 3, width=32))
+        )
+    )
+    got = paper_update(features, labels.astype(np.int32), centers, alpha, weights)
+    want = claims.paper_rule(centers, features, labels, alpha, weights)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-4, atol=1e-3)
+    absent = np.setdiff1d(np.arange(len(centers)), labels)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got)[absent], centers[absent])
+
+
+def test_paper_centres_are_state_the_optimizer_does_not_own():
+    store = StateStore(plugin="center")
+    run_in(store, np.array([1]), np.ones((1, 2), np.float32), num_classes=2, update="paper")
+    assert store.trainable_weights == [] and len(store.non_trainable_weights) == 1
+
+
+def test_paper_rule_is_asked_for_from_the_batch_and_only_reaches_the_core_in_training():
+    rng = np.random.default_rng(2)
+    centers = rng.normal(size=(3, 4)).astype(np.float32)
+    features = rng.normal(size=(5, 4)).astype(np.float32)
+    labels = np.array([0, 0, 2, 0, 2])
+    store = paper_store(centers)
+    out = call_in(store, labels, features, num_classes=3, alpha=0.3, update="paper")
+    ((variable, value),) = out.updates
+    assert variable is store.plugin_variables["centers"]
+    want = claims.paper_rule(centers, features, labels, 0.3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(value), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(store.values()["centers"], centers)  # the core assigns, later
+    # the loss is the same whatever the rule; evaluation asks the core for nothing
+    plain = run(labels, features, centers, num_classes=3, alpha=0.3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out.loss), plain, rtol=1e-6)
+    evaluation = call_in(store, labels, features, training=False, num_classes=3, update="paper")
+    assert evaluation.updates == []
+
+
+def test_paper_rule_gives_the_features_their_gradient():
+    """d loss_i / d x_i = x_i - c_{y_i}, as with the gradient rule (any backend's autodiff)."""
+    from lossplug import backend
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(3, 2)).astype(np.float32)
+    features = rng.normal(size=(4, 2)).astype(np.float32)
+    labels = np.array([2, 0, 2, 1])
+    store = paper_store(centers)
+
+    def objective(tensors):
+        out = call_in(store, labels, tensors["features"], num_classes=3, update="paper")
+        return keras.ops.sum(out.loss), None
+
+    tensors = {"features": keras.ops.convert_to_tensor(features)}
+    _, _, grads, _ = backend.current().kit_gradients(objective, tensors, [])
+    got = keras.ops.convert_to_numpy(grads["features"])
+    np.testing.assert_allclose(got, features - centers[labels], rtol=1e-6)
+
+
+@pytest.mark.backends("tensorflow")  # a tape that watches a non-trainable variable
+def test_paper_rule_gives_the_centres_no_gradient():
+    rng = np.random.default_rng(3)
+    store = paper_store(rng.normal(size=(3, 2)).astype(np.float32))
+    variable = store.plugin_variables["centers"]
+    x = tf.Variable(rng.normal(size=(4, 2)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(variable.value)
+        out = call_in(store, np.array([2, 0, 2, 1]), x, num_classes=3, update="paper")
+        total = tf.reduce_sum(out.loss)
+    assert tape.gradient(total, variable.value) is None  # the loss reads stop_gradient(c)
+    assert tape.gradient(out.updates[0][1], x) is None  # the rule is computed without gradients
+    assert tape.gradient(out.updates[0][1], variable.value) is None
+
+
+def test_paper_rule_counts_each_sample_by_its_weight():
+    """Weights are per-sample counts: w = 0 leaves its sample out, w = 2 counts it twice."""
+    centers = np.array([[1.0, 1.0], [0.0, 0.0]], np.float32)
+    features = np.array([[3.0, 1.0], [5.0, 5.0], [3.0, 1.0]], np.float32)
+    labels = np.array([0, 0, 1])
+    weighted = call_in(
+        paper_store(centers),
+        labels,
+        features,
+        sample_weight=np.array([2.0, 0.0, 1.0], np.float32),
+        num_classes=2,
+        alpha=1.0,
+        update="paper",
+    )
+    twice = call_in(
+        paper_store(centers),
+        np.array([0, 0, 1]),
+        np.array([[3.0, 1.0], [3.0, 1.0], [3.0, 1.0]], np.float32),
+        num_classes=2,
+        alpha=1.0,
+        update="paper",
+    )
+    got = keras.ops.convert_to_numpy(weighted.updates[0][1])
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(twice.updates[0][1]), rtol=1e-6)
+    # class 0: c - (2 (c - x_0)) / (1 + 2) = (1, 1) - (2/3) (-2, 0)
+    np.testing.assert_allclose(got, [[1.0 + 4.0 / 3.0, 1.0], [1.5, 0.5]], rtol=1e-6)
+
+
+def test_paper_rule_with_sample_weights_in_fit():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(48, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 48)
+    w = rng.uniform(0.0, 2.0, 48).astype(np.float32)
+    w[:5] = 0.0
+    model = _model([lossplug.use("center", num_classes=10, alpha=0.5, update="paper")])
+    extractor = keras.Model(model.input, model.get_layer("features").output)
+    feats = extractor.predict(x[:16], verbose=0)
+    model.fit(x[:16], y[:16], sample_weight=w[:16], batch_size=16, epochs=1, verbose=0)
+    want = claims.paper_rule(np.zeros((10, 16)), feats, y[:16], 0.5, w[:16])
+    np.testing.assert_allclose(_centers(model), want, rtol=1e-5, atol=1e-6)
+
+
+def test_paper_rule_needs_one_weight_per_sample():
+    store = paper_store(np.zeros((3, 4), np.float32))
+    with pytest.raises(lossplug.InvalidTensorError, match=r"sample weights of shape \(batch,\)"):
+        call_in(
+            store,
+            np.array([0, 1]),
+            np.zeros((2, 4), np.float32),
+            sample_weight=np.ones((2, 3), np.float32),
+            num_classes=3,
+            update="paper",
+        )
+
+
+def _first_step_sizes(update, alphas=(0.1, 1.0)):
+    """How far Adam's first step (or the rule) moves the centres, for each alpha."""
+    x, y = _digits()
+    moved = {}
+    for alpha in alphas:
+        model = _model([lossplug.use("center", num_classes=10, alpha=alpha, update=update)])
+        before = _centers(model).copy()
+        model.fit(x[:128], y[:128], epochs=1, batch_size=128, verbose=0)
+        moved[alpha] = np.abs(_centers(model) - before).sum()
+    return moved
+
+
+def test_alpha_is_the_centre_rate_under_adam_with_the_paper_rule_only():
+    """The README's claim: Adam cancels alpha in the gradient rule; the paper's rule keeps it."""
+    gradient = _first_step_sizes("gradient")
+    assert gradient[0.1] / gradient[1.0] > 0.9  # Adam's first step is ~lr * sign(g)
+    paper = _first_step_sizes("paper")
+    assert paper[1.0] > 0
+    np.testing.assert_allclose(paper[0.1] / paper[1.0], 0.1, rtol=1e-4)
+
+
 # ----------------------------------------------------------------- config and errors
 @pytest.mark.parametrize(
     ("values", "fragment"),
@@ -203,7 +376,11 @@ def test_claim_helpers_hold_on_an_example():
         ({"num_classes": True}, "must be int, got bool"),
         ({"alpha": -0.5}, "alpha=-0.5 is invalid: must be in [0.0, 1.0]"),
         ({"alpha": 2.0}, "alpha=2.0 is invalid"),
-        ({"lambda_": 0.1}, "has no parameter 'lambda_'; its parameters are: num_classes, alpha"),
+        ({"update": "sgd"}, "update='sgd' is invalid: must be one of 'gradient', 'paper'"),
+        (
+            {"lambda_": 0.1},
+            "has no parameter 'lambda_'; its parameters are: num_classes, alpha, update",
+        ),
     ],
 )
 def test_config_errors_name_plugin_field_and_rule(values, fragment):

@@ -47,7 +47,7 @@ from typing import Any
 import attrs
 import lossplug
 from keras import ops
-from lossplug import Kind, PluginSpec, TensorSpec
+from lossplug import Kind, PluginSpec, TensorSpec, numerics
 from lossplug.numerics import reduce_trailing, segmentation_masks
 
 from .claims import CLAIMS
@@ -111,7 +111,7 @@ def binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
 def dice_loss(y_true: Any, y_pred: Any, smooth: float = 1.0, bce_weight: float = 0.0) -> Any:
     """1 - mean over classes of the Dice ratio (+ bce_weight * BCE), per sample, shape (B,)."""
     t, p = segmentation_masks(y_true, y_pred, plugin=NAME)
-    loss = 1.0 - ops.mean(_ratios(t, p, smooth), axis=-1)
+    loss = 1.0 - numerics.mean(_ratios(t, p, smooth), axis=-1)
     if bce_weight:
         loss = loss + bce_weight * _bce(t, p)
     return loss

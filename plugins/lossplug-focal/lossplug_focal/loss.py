@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import numerics
 from lossplug.numerics import (
     binary_targets,
     categorical_log_probabilities,
@@ -77,7 +78,7 @@ def binary_focal(
     loss = _modulator(one_minus_pt, gamma) * bce
     if alpha is not None:
         loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
-    return ops.mean(loss, axis=-1)
+    return numerics.mean(loss, axis=-1)
 
 
 def focal_loss(

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import numerics
 from lossplug.numerics import segmentation_masks
 
 PLUGIN = "jaccard"
@@ -49,4 +50,4 @@ def jaccard_loss(y_true: Any, y_pred: Any, *, smooth: float = 1.0) -> Any:
     See the module docstring for the definitions and the accepted mask shapes.
     """
     t, p = segmentation_masks(y_true, y_pred, plugin=PLUGIN)
-    return ops.mean(jaccard_distance(t, p, smooth=smooth), axis=-1)
+    return numerics.mean(jaccard_distance(t, p, smooth=smooth), axis=-1)

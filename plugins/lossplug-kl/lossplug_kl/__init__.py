@@ -51,7 +51,7 @@ import attrs
 import lossplug
 import numpy as np
 from keras import ops
-from lossplug import Kind, PluginSpec, TensorSpec
+from lossplug import Kind, PluginSpec, TensorSpec, numerics
 from lossplug.numerics import reduce_trailing, to_compute_dtype
 from lossplug.properties import Example, NonNegative, ZeroAtPerfect
 
@@ -114,7 +114,7 @@ def variational_dropout_kl(log_alpha: Any, reduction: str = "sum") -> Any:
     log_alpha = to_compute_dtype(log_alpha)
     # k1 * (1 - sigmoid(z)) == k1 * sigmoid(-z), which keeps full precision for large z.
     per_entry = K1 * ops.sigmoid(-(K2 + K3 * log_alpha)) + 0.5 * ops.softplus(-log_alpha)
-    return ops.sum(per_entry) if reduction == "sum" else ops.mean(per_entry)
+    return ops.sum(per_entry) if reduction == "sum" else numerics.mean(per_entry)
 
 
 def _at_prior(example: Example) -> Example:

@@ -30,25 +30,38 @@ target mask), and the cross-entropy is a log-sum-exp. Memory: one
 (batch, num_classes * K) cosine matrix, its (batch, num_classes) maximum over
 the sub-centres when K > 1, and the logits (no one-hot matrix, no per-class
 angles).
+
+Very many classes (``sample_rate = r < 1``, Partial FC, An et al. 2021): in
+training, the sum over j runs over a sample S of the classes only, the batch's
+positive classes plus random others, max(#positives, ceil(r * C)) in all (see
+:mod:`lossplug_margin_softmax.sampling`); the cosines are (batch, w * K) and the
+logits (batch, w), w = min(C, max(ceil(r * C), batch)) >= |S|, and only the
+sampled columns of W get a (non-zero) gradient. The randomness comes
+from a state variable ``sample_seed`` and the step. Evaluation and prediction
+(``extras.training`` False) use every class: the validation loss is the full loss.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import attrs
+import keras
 import lossplug
 import numpy as np
 from lossplug import Kind, LossResult, PluginConfigError, PluginSpec, TensorSpec, param
 from lossplug.numerics import L2_EPSILON
 from lossplug.properties import Custom, Example, NonNegative, ReducesTo
 
+from .loss import margin_softmax_loss, sampled_margin_softmax_loss
 from .margins import (
     DEFAULT_MARGINS,
     KINDS,
     MARGIN_RANGES,
     NEUTRAL_MARGINS,
 )
+from .sampling import sample_size, sampled_classes
 
 __all__ = [
     "Config",
@@ -57,9 +70,15 @@ __all__ = [
     "margin_softmax_loss",
     "nearest_class",
     "normalised_softmax_reference",
+    "sampled_classes",
+    "sampled_margin_softmax_loss",
 ]
 
 WEIGHTS = "class_weights"
+#: the state variable the sampled loss draws its classes from (with the step)
+SEED = "sample_seed"
+#: the seed is an integer below 2^24, held in a float32 variable (exact in float32)
+SEED_BITS = 24
 
 
 @attrs.frozen
@@ -102,6 +121,16 @@ class Config:
         "W has num_classes * K columns and the cosine to a class is the largest of its K; "
         "1 is one centre per class",
         neutral=1,
+    )
+    sample_rate: float = param(
+        1.0,
+        low=0.0,
+        low_inclusive=False,
+        high=1.0,
+        doc="r (Partial FC, An et al. 2021): in training, the softmax runs over the batch's "
+        "classes plus random others, max(#positives, ceil(r * num_classes)) classes, and only "
+        "their columns of W get gradients; evaluation uses every class. 1 is the full loss",
+        neutral=1.0,
     )
 
     def __attrs_post_init__(self) -> None:
@@ -168,12 +197,79 @@ def _normalised_cosines(example: Example) -> np.ndarray:
 
 
 def normalised_softmax_reference(example: Example) -> np.ndarray:
-    """Per-sample cross-entropy of the logits s * cos(x, W_j) (NumPy, float64)."""
+    """Per-sample cross-entropy of the logits s * cos(x, W_j) (NumPy, float64).
+
+    Over every class, or, when ``sample_rate < 1`` and the example's state holds the
+    term's ``sample_seed``, over the classes a training call at step 0 (the
+    conformance kit's calls) uses (:func:`lossplug_margin_softmax.sampled_classes`).
+    """
     logits = example.config.scale * _normalised_cosines(example)
     labels = np.asarray(example.inputs["y_true"]).reshape(-1).astype(np.int64)
+    classes = kit_training_classes(example)
+    if classes is not None:
+        logits, labels = logits[:, classes], _positions(classes, labels)
     top = logits.max(axis=1, keepdims=True)
     lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
     return lse - logits[np.arange(len(labels)), labels]
+
+
+#: the step the conformance kit calls plugins at
+KIT_STEP = 0
+
+
+def kit_training_classes(example: Example) -> np.ndarray | None:
+    """The classes (in column order) of a training call at step 0; None: every class.
+
+    None also when ``sample_rate`` is 1, when ceil(r * C) = C (the plugin then computes
+    the full loss) or when the example's state has no ``sample_seed``.
+    """
+    config = example.config
+    if config.sample_rate >= 1.0 or SEED not in example.state:
+        return None
+    if sample_size(config.sample_rate, config.num_classes) >= config.num_classes:
+        return None
+    labels = np.asarray(example.inputs["y_true"]).reshape(-1)
+    seed = int(np.asarray(example.state[SEED]))
+    return sampled_classes(labels, config.num_classes, config.sample_rate, seed, KIT_STEP)
+
+
+def _positions(classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each label's position in ``classes`` (every label is one of them)."""
+    where = np.full(int(max(classes.max(), labels.max())) + 1, -1, dtype=np.int64)
+    where[classes] = np.arange(len(classes))
+    return where[labels.astype(np.int64)]
+
+
+def _check_sampled_loss_is_the_loss_over_its_classes(example: Example, loss_fn: Any) -> None:
+    """With sample_rate < 1, each sample's loss (training, step 0) is the full loss of a
+    problem whose classes are the sampled ones: W restricted to their columns, labels
+    remapped to their positions (every label is in the sample)."""
+    classes = kit_training_classes(example)
+    if classes is None:
+        return  # every class is used
+    config = example.config
+    labels = np.asarray(example.inputs["y_true"])
+    flat = labels.reshape(-1)
+    assert np.all(np.isin(flat, classes)), (
+        f"the sample {classes.tolist()} misses labels {sorted(set(flat) - set(classes))}"
+    )
+    got = np.asarray(loss_fn(example), dtype=np.float64)
+    if len(classes) == 1:  # one class: logsumexp of the target logit minus itself
+        np.testing.assert_allclose(got, 0.0, atol=1e-5)
+        return
+    k = config.sub_centers
+    columns = (classes[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+    restricted = example.replace(
+        inputs={**example.inputs, "y_true": _positions(classes, flat).astype(labels.dtype)},
+        config=attrs.evolve(config, num_classes=len(classes), sample_rate=1.0),
+        state={WEIGHTS: np.asarray(example.state[WEIGHTS])[:, columns]},
+    )
+    expected = np.asarray(loss_fn(restricted), dtype=np.float64)
+    bad = np.abs(got - expected) > 1e-4 * (1.0 + np.abs(expected))
+    assert not np.any(bad), (
+        f"sample_rate={config.sample_rate}: the sampled losses {got[bad].tolist()} differ from "
+        f"the full loss over the sampled classes {classes.tolist()}: {expected[bad].tolist()}"
+    )
 
 
 def _check_monotone_in_margin(example: Example, loss_fn: Any) -> None:
@@ -274,67 +370,25 @@ SPEC = PluginSpec(
             check=_check_sub_centers_are_the_nearest_ones,
             description="with K sub-centres each sample's loss is the K = 1 loss with, per "
             "class, its nearest sub-centre",
+            # one sample alone has other positives, hence another sample of classes
+            at={"sample_rate": 1.0},
+        ),
+        Custom(
+            "sampled_loss_is_the_loss_over_its_classes",
+            check=_check_sampled_loss_is_the_loss_over_its_classes,
+            description="with sample_rate < 1 the training loss is the full loss over the "
+            "sampled classes (the batch's labels among them, remapped)",
         ),
     ),
+    # with sample_rate < 1 a training step's classes are the batch's labels plus random
+    # others: one sample's loss depends on the others' labels (1 and evaluation: it does not)
+    batch_coupled=True,
 )
 
 
 @lossplug.hookimpl
 def lossplug_spec() -> PluginSpec:
     return SPEC
-
-
-def margin_softmax_loss(features: Any, labels: Any, weights: Any, config: Config) -> Any:
-    """Per-sample angular-margin softmax loss (B,) for features (B, D), labels (B,) and
-    W (D, C * K), K = ``config.sub_centers`` (see the module docstring)."""
-    import keras
-    from keras import ops
-    from lossplug.numerics import l2_normalize
-
-    from .margins import cosine_and_sine, target_logit
-
-    dtype = "float64" if keras.backend.standardize_dtype(features.dtype) == "float64" else "float32"
-    # bounded, finite gradients at (and near) zero features or weight columns
-    x = l2_normalize(ops.cast(features, dtype), axis=1)
-    w = l2_normalize(ops.cast(weights, dtype), axis=0)
-    labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
-    cosine = ops.matmul(x, w)  # (B, C * K): the only (batch, classes) matrix besides the logits
-    target_columns = labels
-    if config.sub_centers > 1:
-        cosine, target_columns = _nearest_sub_centers(cosine, labels, config)
-    # The target class, per sample and accurately: its unit weight, cosine and sine.
-    target_weights = ops.transpose(ops.take(w, target_columns, axis=1))  # (B, D)
-    cos_y, sin_y = cosine_and_sine(x, target_weights)
-    phi = target_logit(
-        cos_y,
-        sin_y,
-        config.kind,
-        config.resolved_margin,
-        easy_margin=config.easy_margin,
-        sphere_lambda=config.sphere_lambda,
-    )
-    scale = config.scale
-    is_target = labels[:, None] == ops.arange(config.num_classes, dtype="int32")[None, :]
-    logits = ops.where(is_target, scale * phi[:, None], scale * cosine)
-    return ops.logsumexp(logits, axis=1) - scale * phi
-
-
-def _nearest_sub_centers(cosine: Any, labels: Any, config: Config) -> tuple[Any, Any]:
-    """Sub-center ArcFace: (the class cosines max_k c_jk (B, C), the target's W columns (B,)).
-
-    ``cosine`` holds c_jk in column j * K + k. The target column is y * K + k*, k* the
-    target class's nearest sub-centre (the first of equals); the gradient of a class
-    cosine reaches its nearest sub-centre only.
-    """
-    from keras import ops
-
-    classes, sub_centers = config.num_classes, config.sub_centers
-    per_centre = ops.reshape(cosine, (-1, classes, sub_centers))  # (B, C, K)
-    own = labels[:, None, None] == ops.arange(classes, dtype="int32")[None, :, None]
-    # cosines are >= -1, so -2 never wins the maximum over the classes
-    target_centres = ops.max(ops.where(own, per_centre, -2.0), axis=1)  # (B, K)
-    nearest = ops.cast(ops.argmax(target_centres, axis=1), "int32")
-    return ops.max(per_centre, axis=2), labels * sub_centers + nearest
 
 
 @lossplug.hookimpl
@@ -359,7 +413,27 @@ def build_loss_graph(inputs: Any, outputs: Any, extras: Any) -> LossResult:
     weights = extras.state.variable(
         WEIGHTS, (int(features.shape[-1]), columns), initializer="glorot_uniform"
     )
+    seed = _sample_seed(extras.state) if config.sample_rate < 1.0 else None
     flat = lossplug.numerics.class_ids(
         ops.reshape(labels, (-1,)), config.num_classes, plugin="margin_softmax", field="num_classes"
     )
-    return LossResult(loss=margin_softmax_loss(features, flat, weights, config))
+    samples = sample_size(config.sample_rate, config.num_classes) < config.num_classes
+    if seed is not None and extras.training and samples:
+        loss = sampled_margin_softmax_loss(features, flat, weights, config, seed, extras.step)
+    else:  # sample_rate 1, ceil(r * C) = C, evaluation, prediction and the probe
+        loss = margin_softmax_loss(features, flat, weights, config)
+    return LossResult(loss=loss)
+
+
+def _sample_seed(state: Any) -> Any:
+    """The term's seed of the sampled classes, an integer in [0, 2^24): drawn once from
+    Python's ``random`` (which ``keras.utils.set_random_seed`` seeds), then saved and
+    restored with the model; never updated.
+
+    float32, not int32: the state store gives non-trainable variables the aggregation
+    "mean", which ``tf.distribute`` refuses for integer variables.
+    """
+    initial = 0 if SEED in state else random.getrandbits(SEED_BITS)
+    return state.variable(
+        SEED, (), initializer=keras.initializers.Constant(initial), trainable=False
+    )

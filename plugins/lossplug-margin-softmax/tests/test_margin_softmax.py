@@ -1,5 +1,9 @@
 """Tests of the margin_softmax plugin: the margins against their papers' formulas, the
-neutral margin, stability, configuration and training."""
+neutral margin, stability, configuration and training.
+
+Backend-neutral: keras.ops, NumPy and the kit's harness for gradients (with respect to the
+features and the class weights, the plugin's trainable state); float64 stays float64 on
+JAX (64-bit mode where the tests need it)."""
 
 from __future__ import annotations
 
@@ -14,15 +18,17 @@ import lossplug
 import lossplug_margin_softmax as plugin
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from keras import ops
+from lossplug import backend
 from lossplug.extras import Extras, StateStore
 from lossplug.properties import Example
 from lossplug.terms import call_plugin
 from lossplug.testing import call_plugin as kit_call
 from lossplug.testing import conformance_tests
+from lossplug.testing.harness import harness_for
 from lossplug_margin_softmax.margins import MARGIN_RANGES, NEUTRAL_MARGINS, angle, target_logit
 
 SETTINGS = settings(
@@ -32,21 +38,32 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 KINDS = ("arcface", "cosface", "sphereface")
+#: float64 tensors exist inside this context on every backend (JAX: 64-bit mode)
+float64_available = backend.current().kit_scope
 
 
 # ----------------------------------------------------------------------------- helpers
 def run(labels, features, weights=None, *, grads=False, **values):
-    """Call the plugin as the core does; ``weights`` overwrite the class weights W."""
+    """Call the plugin as the core does; ``weights`` overwrite the class weights W.
+
+    With ``grads``: (loss, d sum(loss) / d features, d sum(loss) / d W), through the kit's
+    harness (the backend's autodiff; W as the plugin's trainable state)."""
     cfg = plugin.SPEC.make_config(values)
+    if grads:
+        state = {} if weights is None else {"class_weights": np.asarray(weights)}
+        example = Example({"y_true": labels}, {"features": features}, cfg, state=state)
+        outcome, g, g_state = harness_for("margin_softmax").gradients(example, ["features"])
+        assert outcome.per_sample
+        return outcome.loss.astype(np.float64), g["features"], g_state["class_weights"]
     store = StateStore(plugin="margin_softmax")
     extras = Extras(
         config=cfg,
-        epoch=tf.constant(0, tf.int64),
-        step=tf.constant(0, tf.int64),
+        epoch=ops.convert_to_tensor(np.int32(0)),
+        step=ops.convert_to_tensor(np.int32(0)),
         training=True,
         state=store,
     )
-    labels, features = tf.constant(labels), tf.constant(features)
+    labels, features = ops.convert_to_tensor(labels), ops.convert_to_tensor(features)
 
     def call():
         return call_plugin(
@@ -61,17 +78,13 @@ def run(labels, features, weights=None, *, grads=False, **values):
     call()  # creates W
     if weights is not None:
         store.set_values({"class_weights": np.asarray(weights)})
-    with tf.GradientTape() as tape:
-        tape.watch(features)
-        out = call()
-        total = tf.reduce_sum(out.loss)
+    out = call()
     assert out.per_sample
-    loss = out.loss.numpy().astype(np.float64)
-    if not grads:
-        return loss
-    variable = store.trainable_variables[0]
-    g_features, g_weights = tape.gradient(total, [features, variable])
-    return loss, g_features.numpy(), g_weights.numpy()
+    return ops.convert_to_numpy(out.loss).astype(np.float64)
+
+
+def _zero():
+    return ops.convert_to_tensor(np.int32(0))
 
 
 def reference(
@@ -111,13 +124,10 @@ def reference(
 def loss_of(labels, features, weights, **values):
     """The per-sample loss from the pure function (no state store): fast, for the maths."""
     cfg = plugin.SPEC.make_config(values)
-    return (
-        plugin.margin_softmax_loss(
-            tf.constant(features), tf.constant(labels), tf.constant(weights), cfg
-        )
-        .numpy()
-        .astype(np.float64)
-    )
+    with float64_available():
+        tensors = [ops.convert_to_tensor(t) for t in (features, labels, weights)]
+        loss = plugin.margin_softmax_loss(*tensors, cfg)
+        return ops.convert_to_numpy(loss).astype(np.float64)
 
 
 @st.composite
@@ -197,9 +207,9 @@ def test_neutral_margin_equals_normalised_softmax_cross_entropy(problem, kind, s
     )  # through the core, float32
     x = features / np.linalg.norm(features, axis=1, keepdims=True)
     w = weights / np.linalg.norm(weights, axis=0, keepdims=True)
-    expected = keras.losses.sparse_categorical_crossentropy(
-        labels, scale * (x @ w), from_logits=True
-    ).numpy()
+    expected = ops.convert_to_numpy(
+        keras.losses.sparse_categorical_crossentropy(labels, scale * (x @ w), from_logits=True)
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     claimed = plugin.normalised_softmax_reference(
         Example(
@@ -244,8 +254,9 @@ def test_target_logit_is_continuous_enough_and_decreasing_in_the_angle(kind, mar
         margin_position
     ]
     theta = np.linspace(0.0, np.pi, 20001)
-    phi = target_logit(tf.constant(np.cos(theta)), tf.constant(np.sin(theta)), kind, margin)
-    phi = phi.numpy()
+    with float64_available():
+        c, s = ops.convert_to_tensor(np.cos(theta)), ops.convert_to_tensor(np.sin(theta))
+        phi = ops.convert_to_numpy(target_logit(c, s, kind, margin))
     assert np.all(np.diff(phi) <= 1e-12), "phi must not increase with the angle"
     assert np.all(phi <= np.cos(theta) + 1e-12), "the margin must never help the target class"
     if kind == "sphereface":
@@ -258,8 +269,9 @@ def test_target_logit_is_continuous_enough_and_decreasing_in_the_angle(kind, mar
 
 def test_easy_margin_only_applies_to_positive_cosines():
     theta = np.linspace(0.0, np.pi, 1001)
-    c, s = tf.constant(np.cos(theta)), tf.constant(np.sin(theta))
-    phi = target_logit(c, s, "arcface", 0.5, easy_margin=True).numpy()
+    with float64_available():
+        c, s = ops.convert_to_tensor(np.cos(theta)), ops.convert_to_tensor(np.sin(theta))
+        phi = ops.convert_to_numpy(target_logit(c, s, "arcface", 0.5, easy_margin=True))
     positive = np.cos(theta) > 0
     np.testing.assert_allclose(phi[positive], np.cos(theta[positive] + 0.5), atol=1e-12)
     np.testing.assert_allclose(phi[~positive], np.cos(theta[~positive]), atol=1e-12)
@@ -272,22 +284,27 @@ def test_angle_is_accurate_where_arccos_is_not():
     weight = np.tile([[1.0, 0.0]], (3, 1))
     from lossplug_margin_softmax.margins import cosine_and_sine
 
-    c, s = cosine_and_sine(tf.constant(features), tf.constant(weight))
-    np.testing.assert_allclose(angle(c, s).numpy(), tiny, rtol=1e-6)
-    f32 = cosine_and_sine(tf.constant(features, tf.float32), tf.constant(weight, tf.float32))
-    np.testing.assert_allclose(angle(*f32).numpy(), tiny, rtol=1e-3)  # float32 cos would say 0
+    with float64_available():
+        c, s = cosine_and_sine(ops.convert_to_tensor(features), ops.convert_to_tensor(weight))
+        np.testing.assert_allclose(ops.convert_to_numpy(angle(c, s)), tiny, rtol=1e-6)
+    f32 = cosine_and_sine(
+        ops.convert_to_tensor(features, "float32"), ops.convert_to_tensor(weight, "float32")
+    )
+    # float32 cos would say 0
+    np.testing.assert_allclose(ops.convert_to_numpy(angle(*f32)), tiny, rtol=1e-3)
 
 
 # ----------------------------------------------------------------------------- sub-centres
 def kit_loss(labels, features, weights, **values):
     """The installed plugin through the kit's harness, W set as its state (float32 result)."""
-    loss, _ = kit_call(
-        "margin_softmax",
-        {"y_true": labels},
-        {"features": features},
-        config=values,
-        state={"class_weights": weights},
-    )
+    with float64_available():
+        loss, _ = kit_call(
+            "margin_softmax",
+            {"y_true": labels},
+            {"features": features},
+            config=values,
+            state={"class_weights": weights},
+        )
     return np.asarray(loss, np.float64)
 
 
@@ -351,10 +368,10 @@ def test_only_the_nearest_sub_centres_receive_gradients():
 def test_sub_centers_multiply_the_columns_of_the_class_weights():
     store = StateStore(plugin="margin_softmax")
     cfg = plugin.SPEC.make_config({"num_classes": 7, "sub_centers": 3})
-    extras = Extras(
-        config=cfg, epoch=tf.constant(0), step=tf.constant(0), training=False, state=store
+    extras = Extras(config=cfg, epoch=_zero(), step=_zero(), training=False, state=store)
+    plugin.build_loss_graph(
+        {"y_true": ops.convert_to_tensor([1, 6])}, {"features": ops.ones((2, 5))}, extras
     )
-    plugin.build_loss_graph({"y_true": tf.constant([1, 6])}, {"features": tf.ones((2, 5))}, extras)
     (variable,) = store.trainable_variables
     assert tuple(variable.shape) == (5, 21)
 
@@ -435,12 +452,10 @@ def test_initial_loss_and_gradients_are_finite_with_many_classes():
 def test_class_weights_are_one_trainable_state_variable():
     store = StateStore(plugin="margin_softmax")
     cfg = plugin.SPEC.make_config({"num_classes": 7})
-    extras = Extras(
-        config=cfg, epoch=tf.constant(0), step=tf.constant(0), training=False, state=store
-    )
+    extras = Extras(config=cfg, epoch=_zero(), step=_zero(), training=False, state=store)
     for _ in range(2):
         plugin.build_loss_graph(
-            {"y_true": tf.constant([1, 2])}, {"features": tf.ones((2, 5))}, extras
+            {"y_true": ops.convert_to_tensor([1, 2])}, {"features": ops.ones((2, 5))}, extras
         )
     (variable,) = store.trainable_variables
     assert tuple(variable.shape) == (5, 7)

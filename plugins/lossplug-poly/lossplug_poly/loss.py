@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import numerics
 from lossplug.numerics import (
     binary_targets,
     categorical_log_probabilities,
@@ -99,7 +100,7 @@ def binary_poly1(target: Any, y_pred: Any, *, epsilon: float, from_logits: bool)
         log_p, log_not_p = ops.log(p), ops.log(not_p)
     positive = _nonnegative(-log_p + epsilon * not_p, epsilon)
     negative = _nonnegative(-log_not_p + epsilon * p, epsilon)
-    return ops.mean(target * positive + (1.0 - target) * negative, axis=-1)
+    return numerics.mean(target * positive + (1.0 - target) * negative, axis=-1)
 
 
 def poly1_loss(

@@ -36,8 +36,8 @@ def run(labels, embeddings, proxies, sample_weight=None, **config):
     store = StateStore(plugin="proxy_anchor")
     extras = Extras(
         config=plugin.SPEC.make_config(config),
-        epoch=ops.convert_to_tensor(0, "int64"),
-        step=ops.convert_to_tensor(0, "int64"),
+        epoch=ops.convert_to_tensor(0, "int32"),  # the core's epoch clock is int32
+        step=ops.convert_to_tensor(0, "int32"),
         training=True,
         state=store,
         sample_weight=None if sample_weight is None else ops.convert_to_tensor(sample_weight),
@@ -303,6 +303,7 @@ DISTRIBUTED = textwrap.dedent(
 
 
 @pytest.mark.e2e  # starts a process: TensorFlow's devices must be configured before first use
+@pytest.mark.backends("tensorflow")  # tf.distribute.MirroredStrategy
 def test_global_batch_gathers_every_replica(tmp_path):
     script = tmp_path / "distributed.py"
     script.write_text(DISTRIBUTED)

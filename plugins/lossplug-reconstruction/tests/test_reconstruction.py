@@ -11,13 +11,13 @@ import lossplug
 import lossplug_reconstruction as plugin
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from lossplug.properties import Example
-from lossplug.testing import call_plugin, conformance_tests
+from lossplug.testing import call_plugin, conformance_tests, value_and_gradients
 from lossplug_reconstruction import claims
+from lossplug_reconstruction.loss import reconstruction_loss
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 KINDS = ("mse", "mae", "bce")
@@ -99,22 +99,24 @@ def test_mse_matches_keras_on_flat_inputs():
     rng = np.random.default_rng(0)
     x, r = rng.random((4, 9), np.float32), rng.random((4, 9), np.float32)
     np.testing.assert_allclose(
-        run(x, r, kind="mse"), keras.losses.mean_squared_error(x, r).numpy(), rtol=1e-6
+        run(x, r, kind="mse"),
+        keras.ops.convert_to_numpy(keras.losses.mean_squared_error(x, r)),
+        rtol=1e-6,
     )
     np.testing.assert_allclose(
-        run(x, r, kind="bce"), keras.losses.binary_crossentropy(x, r).numpy(), rtol=1e-5
+        run(x, r, kind="bce"),
+        keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(x, r)),
+        rtol=1e-5,
     )
 
 
 def test_bce_is_finite_at_saturated_outputs():
     x = np.array([[1.0, 0.0]], np.float32)
-    r = tf.Variable(np.array([[0.0, 1.0]], np.float32))
-    with tf.GradientTape() as tape:
-        from lossplug_reconstruction.loss import reconstruction_loss
-
-        loss = tf.reduce_sum(reconstruction_loss(x, r, "bce"))
-    assert np.isfinite(loss.numpy()) and loss.numpy() > 10
-    assert np.all(np.isfinite(tape.gradient(loss, r).numpy()))
+    r = np.array([[0.0, 1.0]], np.float32)
+    loss, grads = value_and_gradients(lambda r: reconstruction_loss(x, r, "bce"), {"r": r})
+    loss = loss.sum()
+    assert np.isfinite(loss) and loss > 10
+    assert np.all(np.isfinite(grads["r"]))
 
 
 def test_claim_helpers_hold_on_examples():

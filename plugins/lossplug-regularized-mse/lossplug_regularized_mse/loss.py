@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
-from lossplug import InvalidTensorError
+from lossplug import InvalidTensorError, numerics
 from lossplug.numerics import compute_dtype
 
 PLUGIN = "regularized_mse"
@@ -31,7 +31,7 @@ def regularized_mse(y_true: Any, y_pred: Any, factor: float = 0.1) -> Any:
             f"loss plugin {PLUGIN!r}: y_true has shape {tuple(y_true.shape)} but y_pred has "
             f"shape {tuple(y_pred.shape)}; pass targets of y_pred's shape"
         )
-    mse = ops.mean(ops.square(y_true - y_pred), axis=-1)
+    mse = numerics.mean(ops.square(y_true - y_pred), axis=-1)
     if factor == 0.0:
         return mse
-    return mse + factor * ops.mean(ops.square(0.5 - y_pred), axis=-1)
+    return mse + factor * numerics.mean(ops.square(0.5 - y_pred), axis=-1)

@@ -1,5 +1,9 @@
 """Tests of the triplet plugin: mining against brute force, degenerate batches, claims,
-configuration, tf.distribute and training."""
+configuration, tf.distribute and training.
+
+Backend-neutral (keras.ops, NumPy and lossplug.testing's gradients) except the
+tf.distribute test; float64 stays float64 on JAX (64-bit mode where the tests need it).
+"""
 
 from __future__ import annotations
 
@@ -17,16 +21,17 @@ import lossplug
 import lossplug_triplet as plugin
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from keras import ops
+from lossplug import backend
 from lossplug.extras import Extras, StateStore
 from lossplug.mining import mine
 from lossplug.numerics import L2_EPSILON
 from lossplug.pairs import pairwise_distances
 from lossplug.terms import call_plugin
-from lossplug.testing import conformance_tests
+from lossplug.testing import conformance_tests, value_and_gradients
 from lossplug_triplet.claims import check_cosine_scale_invariance, perfect_example
 
 SETTINGS = settings(
@@ -37,6 +42,8 @@ SETTINGS = settings(
 )
 STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
 METRICS = ("euclidean", "squared_euclidean", "cosine")
+#: float64 tensors exist inside this context on every backend (JAX: 64-bit mode)
+float64_available = backend.current().kit_scope
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -54,29 +61,38 @@ def run(
     negative=None,
     sample_weight=None,
 ):
-    """Call the plugin through the core's call_plugin; returns (loss, metrics) as NumPy."""
-    inputs, outputs = {}, {}
-    if labels is not None:
-        inputs["y_true"] = tf.constant(labels)
-    for name, value in (
-        ("embeddings", embeddings),
-        ("anchor", anchor),
-        ("positive", positive),
-        ("negative", negative),
-    ):
-        if value is not None:
-            outputs[name] = tf.constant(value)
-    extras = Extras(
-        config=cfg,
-        epoch=tf.constant(0, tf.int64),
-        step=tf.constant(0, tf.int64),
-        training=True,
-        state=StateStore(plugin="triplet"),
-        sample_weight=sample_weight,
-    )
-    out = call_plugin(plugin.SPEC, plugin.build_loss_graph, inputs, outputs, extras, term="triplet")
-    metrics = {k: float(v) for k, (v, _) in out.metrics.items()}
-    return float(out.loss), metrics
+    """Call the plugin through the core's call_plugin; returns (loss, metrics) as floats.
+
+    Float64 inputs stay float64 (on JAX too)."""
+    with float64_available():
+        inputs, outputs = {}, {}
+        if labels is not None:
+            inputs["y_true"] = ops.convert_to_tensor(labels)
+        for name, value in (
+            ("embeddings", embeddings),
+            ("anchor", anchor),
+            ("positive", positive),
+            ("negative", negative),
+        ):
+            if value is not None:
+                outputs[name] = ops.convert_to_tensor(value)
+        extras = Extras(
+            config=cfg,
+            epoch=ops.convert_to_tensor(np.int32(0)),
+            step=ops.convert_to_tensor(np.int32(0)),
+            training=True,
+            state=StateStore(plugin="triplet"),
+            sample_weight=None if sample_weight is None else ops.convert_to_tensor(sample_weight),
+        )
+        out = call_plugin(
+            plugin.SPEC, plugin.build_loss_graph, inputs, outputs, extras, term="triplet"
+        )
+        metrics = {k: as_float(v) for k, (v, _) in out.metrics.items()}
+        return as_float(out.loss), metrics
+
+
+def as_float(value):
+    return float(ops.convert_to_numpy(value))
 
 
 def np_distances(embeddings, metric):
@@ -125,27 +141,46 @@ def brute_force(d, labels, margin, strategy, average="valid", weights=None):
     return loss, (active / len(scored) if scored else 0.0)
 
 
-def naive_tf_loss(embeddings, labels, margin, strategy, metric="euclidean"):
+def _positives_negatives(labels):
+    """(same label and not the anchor itself, other label) as boolean B x B tensors."""
+    same = ops.equal(labels[:, None], labels[None, :])
+    itself = ops.cast(ops.eye(ops.shape(labels)[0]), "bool")
+    return ops.logical_and(same, ops.logical_not(itself)), ops.logical_not(same)
+
+
+def naive_loss(embeddings, labels, margin, strategy, metric="euclidean"):
     """What a user would write: the B x B x B broadcast (for gradient comparisons)."""
     d = pairwise_distances(embeddings, metric=metric)
-    same = tf.equal(labels[:, None], labels[None, :])
-    n = tf.shape(labels)[0]
-    pos = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
-    neg = tf.logical_not(same)
-    valid = tf.logical_and(pos[:, :, None], neg[:, None, :])
+    pos, neg = _positives_negatives(labels)
+    valid = ops.logical_and(pos[:, :, None], neg[:, None, :])
     if strategy == "batch_all":
-        hinge = tf.nn.relu(margin + d[:, :, None] - d[:, None, :])
-        hinge = tf.where(valid, hinge, tf.zeros_like(hinge))
-        return tf.reduce_sum(hinge) / tf.maximum(tf.reduce_sum(tf.cast(valid, d.dtype)), 1.0)
+        hinge = ops.relu(margin + d[:, :, None] - d[:, None, :])
+        hinge = ops.where(valid, hinge, ops.zeros_like(hinge))
+        return ops.sum(hinge) / ops.maximum(ops.sum(ops.cast(valid, d.dtype)), 1.0)
     # semi-hard: the closest negative farther than the positive, else the farthest negative
-    big = tf.reduce_max(d) + margin + 1.0
-    farther = tf.logical_and(valid, d[:, None, :] > d[:, :, None])
-    outside = tf.reduce_min(tf.where(farther, d[:, None, :], big), axis=2)
-    inside = tf.reduce_max(tf.where(neg, d, -1.0), axis=1)[:, None]
-    chosen = tf.where(tf.reduce_any(farther, axis=2), outside, inside)
-    pair = tf.logical_and(pos, tf.reduce_any(neg, axis=1)[:, None])
-    hinge = tf.where(pair, tf.nn.relu(margin + d - chosen), tf.zeros_like(d))
-    return tf.reduce_sum(hinge) / tf.maximum(tf.reduce_sum(tf.cast(pair, d.dtype)), 1.0)
+    big = ops.max(d) + margin + 1.0
+    farther = ops.logical_and(valid, d[:, None, :] > d[:, :, None])
+    outside = ops.min(ops.where(farther, d[:, None, :], big), axis=2)
+    inside = ops.max(ops.where(neg, d, -1.0), axis=1)[:, None]
+    chosen = ops.where(ops.any(farther, axis=2), outside, inside)
+    pair = ops.logical_and(pos, ops.any(neg, axis=1)[:, None])
+    hinge = ops.where(pair, ops.relu(margin + d - chosen), ops.zeros_like(d))
+    return ops.sum(hinge) / ops.maximum(ops.sum(ops.cast(pair, d.dtype)), 1.0)
+
+
+def naive_batch_hard_loss(embeddings, labels, margin, metric="euclidean"):
+    """batch_hard as a user would write it: the hardest positive / negative per anchor,
+    the first one on ties (a subgradient at ties)."""
+    d = pairwise_distances(embeddings, metric=metric)
+    pos, neg = _positives_negatives(labels)
+    big = ops.max(d) + 9.0
+    ip = ops.argmax(ops.where(pos, d, -ops.ones_like(d)), axis=1)
+    i_n = ops.argmin(ops.where(neg, d, big), axis=1)
+    hp = ops.take_along_axis(d, ip[:, None], axis=1)[:, 0]
+    hn = ops.take_along_axis(d, i_n[:, None], axis=1)[:, 0]
+    ok = ops.logical_and(ops.any(pos, axis=1), ops.any(neg, axis=1))
+    per = ops.where(ok, ops.relu(margin + hp - hn), ops.zeros_like(hp))
+    return ops.sum(per) / ops.maximum(ops.sum(ops.cast(ok, d.dtype)), 1.0)
 
 
 @st.composite
@@ -182,17 +217,19 @@ def embedding_batches(draw, low=-5.0, high=5.0):
 )
 def test_mining_equals_brute_force_on_any_distance_matrix(problem, strategy, average):
     d, labels, margin, weights = problem
-    result = mine(
-        tf.constant(d),
-        labels=tf.constant(labels),
-        margin=margin,
-        strategy=strategy,
-        average=average,
-        weights=None if weights is None else tf.constant(weights),
-    )
+    with float64_available():
+        result = mine(
+            ops.convert_to_tensor(d),
+            labels=ops.convert_to_tensor(labels),
+            margin=margin,
+            strategy=strategy,
+            average=average,
+            weights=None if weights is None else ops.convert_to_tensor(weights),
+        )
+        loss, active_fraction = as_float(result.loss), as_float(result.active_fraction)
     expected, fraction = brute_force(d, labels, margin, strategy, average, weights)
-    np.testing.assert_allclose(float(result.loss), expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(float(result.active_fraction), fraction, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loss, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(active_fraction, fraction, rtol=1e-12, atol=1e-12)
 
 
 @SETTINGS
@@ -240,7 +277,7 @@ def test_plugin_equals_brute_force_on_random_batches(strategy, average, metric):
     metric=st.sampled_from(METRICS),
 )
 def test_pairwise_distances_are_accurate_in_float32(values, metric):
-    got = pairwise_distances(tf.constant(values), metric=metric).numpy().astype(np.float64)
+    got = ops.convert_to_numpy(pairwise_distances(values, metric=metric)).astype(np.float64)
     expected = np_distances(values, metric)
     scale = 1.0 + np.abs(values).max()
     if metric == "squared_euclidean":
@@ -261,51 +298,40 @@ def test_pairwise_distances_are_accurate_in_float32(values, metric):
 )
 def test_gradients_equal_those_of_the_broadcast_implementation(batch, strategy, metric):
     embeddings, labels = batch
-    x = tf.constant(embeddings)
-    y = tf.constant(labels)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        ours = plugin.mined_loss(x, y, config(metric=metric, mining=strategy, margin=0.7)).loss
-        if strategy == "batch_all":
-            reference = naive_tf_loss(x, y, 0.7, strategy, metric)
-        else:
-            d = pairwise_distances(x, metric=metric)
-            same = tf.equal(y[:, None], y[None, :])
-            pos = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(y)[0], dtype=tf.bool)))
-            neg = tf.logical_not(same)
-            # the hardest positive / negative, the first one on ties (a subgradient at ties)
-            big = tf.fill(tf.shape(d), tf.reduce_max(d) + 9.0)
-            ip = tf.argmax(tf.where(pos, d, -tf.ones_like(d)), axis=1, output_type=tf.int32)
-            i_n = tf.argmin(tf.where(neg, d, big), axis=1, output_type=tf.int32)
-            hp = tf.gather(d, ip, batch_dims=1)
-            hn = tf.gather(d, i_n, batch_dims=1)
-            ok = tf.logical_and(tf.reduce_any(pos, 1), tf.reduce_any(neg, 1))
-            per = tf.where(ok, tf.nn.relu(0.7 + hp - hn), tf.zeros_like(hp))
-            reference = tf.reduce_sum(per) / tf.maximum(tf.reduce_sum(tf.cast(ok, x.dtype)), 1.0)
+    tensors = {"x": embeddings, "y": labels}
+    cfg = config(metric=metric, mining=strategy, margin=0.7)
+    ours, g_ours = value_and_gradients(lambda x, y: plugin.mined_loss(x, y, cfg).loss, tensors)
+    if strategy == "batch_all":
+        reference, g_ref = value_and_gradients(
+            lambda x, y: naive_loss(x, y, 0.7, strategy, metric), tensors
+        )
+    else:
+        reference, g_ref = value_and_gradients(
+            lambda x, y: naive_batch_hard_loss(x, y, 0.7, metric), tensors
+        )
     np.testing.assert_allclose(float(ours), float(reference), rtol=1e-9, atol=1e-12)
-    g_ours, g_ref = tape.gradient(ours, x), tape.gradient(reference, x)
-    assert np.all(np.isfinite(g_ours.numpy()))
-    np.testing.assert_allclose(g_ours.numpy(), g_ref.numpy(), rtol=1e-7, atol=1e-9)
+    assert np.all(np.isfinite(g_ours["x"]))
+    np.testing.assert_allclose(g_ours["x"], g_ref["x"], rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_semi_hard_value_and_gradient_equal_the_broadcast_implementation(seed):
     rng = np.random.default_rng(seed)
-    x = tf.constant(rng.normal(size=(20, 4)))
-    y = tf.constant(rng.integers(0, 4, 20).astype(np.int32))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        ours = mine(
-            pairwise_distances(x, metric="euclidean"), labels=y, margin=0.5, strategy="semi_hard"
-        ).loss
-        reference = naive_tf_loss(x, y, 0.5, "semi_hard")
-    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-10)
-    np.testing.assert_allclose(
-        tape.gradient(ours, x).numpy(),
-        tape.gradient(reference, x).numpy(),
-        rtol=1e-8,
-        atol=1e-12,
+    tensors = {"x": rng.normal(size=(20, 4)), "y": rng.integers(0, 4, 20).astype(np.int32)}
+    ours, g_ours = value_and_gradients(
+        lambda x, y: (
+            mine(
+                pairwise_distances(x, metric="euclidean"),
+                labels=y,
+                margin=0.5,
+                strategy="semi_hard",
+            ).loss
+        ),
+        tensors,
     )
+    reference, g_ref = value_and_gradients(lambda x, y: naive_loss(x, y, 0.5, "semi_hard"), tensors)
+    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-10)
+    np.testing.assert_allclose(g_ours["x"], g_ref["x"], rtol=1e-8, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- degenerate
@@ -327,29 +353,32 @@ def test_no_valid_triplet_gives_exactly_zero_and_finite_gradients(
         np.zeros((len(labels), 3), np.float32),
         np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32),
     ):
-        x = tf.Variable(embeddings)
         cfg = config(mining=strategy, metric=metric, average=average)
-        with tf.GradientTape() as tape:
-            loss = plugin.triplet_loss({"y_true": tf.constant(labels)}, {"embeddings": x}, cfg)
-        assert float(loss.loss) == 0.0
-        assert float(loss.metrics["active_fraction"]) == 0.0
-        grad = tape.gradient(loss.loss, x)
-        assert grad is None or np.all(np.isfinite(grad.numpy()))
+
+        def loss(x, y, cfg=cfg):
+            return plugin.triplet_loss({"y_true": y}, {"embeddings": x}, cfg)
+
+        value, grads = value_and_gradients(
+            lambda x, y: loss(x, y).loss, {"x": embeddings, "y": labels}
+        )
+        assert float(value) == 0.0
+        assert as_float(loss(embeddings, labels).metrics["active_fraction"]) == 0.0
+        # (a gradient the loss does not depend on comes back as zeros)
+        assert np.all(np.isfinite(grads["x"]))
 
 
 @pytest.mark.parametrize(("strategy", "metric"), list(itertools.product(STRATEGIES, METRICS)))
 def test_coincident_embeddings_have_finite_gradients(strategy, metric):
     """Valid triplets whose points coincide (d = 0): the sqrt and the normalisation are safe."""
-    x = tf.Variable(np.ones((6, 3), np.float32))
-    labels = tf.constant([0, 0, 1, 1, 2, 2])
-    with tf.GradientTape() as tape:
-        loss = plugin.triplet_loss(
-            {"y_true": labels},
-            {"embeddings": x},
-            config(mining=strategy, metric=metric, margin=0.5),
-        ).loss
+    x = np.ones((6, 3), np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    cfg = config(mining=strategy, metric=metric, margin=0.5)
+    loss, grads = value_and_gradients(
+        lambda x, labels: plugin.triplet_loss({"y_true": labels}, {"embeddings": x}, cfg).loss,
+        {"x": x, "labels": labels},
+    )
     np.testing.assert_allclose(float(loss), 0.5, rtol=1e-6)  # every hinge is exactly m
-    assert np.all(np.isfinite(tape.gradient(loss, x).numpy()))
+    assert np.all(np.isfinite(grads["x"]))
 
 
 # ----------------------------------------------------------------------------- claims
@@ -411,10 +440,11 @@ def test_points_1e_3_apart_keep_float64_accuracy_in_float32(strategy):
     naive, _ = brute_force(_float32_gram_distances(x), labels, margin, strategy)
     grads = {}
     for dtype in ("float32", "float64"):
-        v = tf.Variable(x.astype(dtype))
-        with tf.GradientTape() as tape:
-            loss = plugin.triplet_loss({"y_true": tf.constant(labels)}, {"embeddings": v}, cfg).loss
-        grads[dtype] = tf.convert_to_tensor(tape.gradient(loss, v)).numpy().astype(np.float64)
+        loss, grad = value_and_gradients(
+            lambda v, y: plugin.triplet_loss({"y_true": y}, {"embeddings": v}, cfg).loss,
+            {"v": x.astype(dtype), "y": labels},
+        )
+        grads[dtype] = grad["v"].astype(np.float64)
         if dtype == "float32":
             error = abs(float(loss) - expected)
     assert error < 2e-6 and abs(naive - expected) > 1e-4, (error, abs(naive - expected))
@@ -449,7 +479,7 @@ def test_a_selection_tie_within_float32_error_changes_the_loss_by_at_most_that_e
     margin = 1416.0  # negatives are ~1414 away: every anchor's hinge is active
     rounding = 4 * np.finfo(np.float32).eps * (margin + 2.0)  # float32 sums near 1416
     # the ranking matrix (float32 Gram form) cannot tell the tied positives apart
-    ranking = pairwise_distances(x, metric="euclidean", exact_neighbours=0).numpy()
+    ranking = ops.convert_to_numpy(pairwise_distances(x, metric="euclidean", exact_neighbours=0))
     positive = (labels[:, None] == labels[None, :]) & ~np.eye(len(x), dtype=bool)
     assert np.abs(ranking - exact)[positive].max() > 10 * (ties + rounding)
     truth, _ = brute_force(exact, labels, margin, "batch_hard")
@@ -550,11 +580,10 @@ def test_explicit_mode_is_the_mean_hinge_per_sample(triplets, metric, margin, we
     w = np.ones(len(a)) if weights is None else weights
     scale = 1.0 + (np.abs(triplets).max() ** 2 if metric == "squared_euclidean" else 10.0)
     np.testing.assert_allclose(loss, np.sum(w * hinge) / len(a), rtol=1e-5, atol=1e-6 * scale)
-    per_sample = plugin.explicit_hinge(tf.constant(a), tf.constant(p), tf.constant(n), cfg)
-    np.testing.assert_allclose(per_sample.numpy(), hinge, rtol=1e-5, atol=1e-6 * scale)
-    np.testing.assert_allclose(
-        metrics["active_fraction"], np.mean(per_sample.numpy() > 0), atol=1e-7
-    )
+    tensors = [ops.convert_to_tensor(t) for t in (a, p, n)]
+    per_sample = ops.convert_to_numpy(plugin.explicit_hinge(*tensors, cfg))
+    np.testing.assert_allclose(per_sample, hinge, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(metrics["active_fraction"], np.mean(per_sample > 0), atol=1e-7)
 
 
 def test_cosine_is_the_similarity_form_of_the_margin_loss():
@@ -564,12 +593,12 @@ def test_cosine_is_the_similarity_form_of_the_margin_loss():
     cos = lambda u, v: (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)  # noqa: E731
     expected = np.maximum(0.0, 0.2 + cos(a, n) - cos(a, p))
     got = plugin.explicit_hinge(
-        tf.constant(a),
-        tf.constant(p),
-        tf.constant(n),
+        ops.convert_to_tensor(a),
+        ops.convert_to_tensor(p),
+        ops.convert_to_tensor(n),
         config(mode="explicit", metric="cosine", margin=0.2),
     )
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(got), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_mining_sample_weights_weight_the_anchors():
@@ -710,6 +739,7 @@ DISTRIBUTED = textwrap.dedent(
 
 
 @pytest.mark.e2e  # starts a process: TensorFlow's devices must be configured before first use
+@pytest.mark.backends("tensorflow")  # tf.distribute.MirroredStrategy
 def test_global_batch_mining_gathers_every_replica(tmp_path):
     script = tmp_path / "distributed.py"
     script.write_text(DISTRIBUTED)
@@ -727,14 +757,13 @@ def test_global_batch_mining_gathers_every_replica(tmp_path):
     halves = [run(cfg, embeddings=emb[i : i + 6], labels=lab[i : i + 6])[0] for i in (0, 6)]
     np.testing.assert_allclose(result["local"], halves, rtol=1e-5)
     # with it, both replicas compute the loss of the whole batch ...
-    x = tf.Variable(emb)
-    with tf.GradientTape() as tape:
-        full = plugin.triplet_loss({"y_true": tf.constant(lab)}, {"embeddings": x}, cfg).loss
+    full, grads = value_and_gradients(
+        lambda x, y: plugin.triplet_loss({"y_true": y}, {"embeddings": x}, cfg).loss,
+        {"x": emb, "y": lab},
+    )
     np.testing.assert_allclose(result["gathered"], [float(full)] * 2, rtol=1e-5)
     # ... and the gradients reaching each replica's slice are those of the global loss
-    np.testing.assert_allclose(
-        result["gathered_grad"], tape.gradient(full, x).numpy(), rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(result["gathered_grad"], grads["x"], rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- training

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import numerics
 from lossplug.numerics import segmentation_masks
 
 PLUGIN = "tversky"
@@ -71,4 +72,4 @@ def focal_tversky_loss(
     """
     t, p = segmentation_masks(y_true, y_pred, plugin=PLUGIN)
     distance = tversky_distance(t, p, alpha=alpha, beta=beta, smooth=smooth)
-    return ops.mean(focal_power(distance, gamma), axis=-1)
+    return numerics.mean(focal_power(distance, gamma), axis=-1)
