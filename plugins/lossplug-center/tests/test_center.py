@@ -228,7 +228,13 @@ def test_paper_update_is_the_papers_rule(batch, alpha, data):
     want = claims.paper_rule(centers, features, labels, alpha, weights)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-4, atol=1e-3)
     absent = np.setdiff1d(np.arange(len(centers)), labels)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got)[absent], centers[absent])
+    # up to subnormals, which TensorFlow's CPU kernels flush to zero
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got)[absent],
+        centers[absent],
+        rtol=0,
+        atol=np.finfo(np.float32).tiny,
+    )
 
 
 def test_paper_centres_are_state_the_optimizer_does_not_own():

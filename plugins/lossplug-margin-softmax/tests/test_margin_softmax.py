@@ -40,6 +40,14 @@ SETTINGS = settings(
 KINDS = ("arcface", "cosface", "sphereface")
 #: float64 tensors exist inside this context on every backend (JAX: 64-bit mode)
 float64_available = backend.current().kit_scope
+#: Eager JAX compiles every op for each new shape (seconds each): there, the examples are
+#: drawn with a few shapes (either end of each range), so the compilations are reused.
+FEW_SHAPES = backend.name() == "jax"
+
+
+def sizes(low, high):
+    """An int in [low, high]; on JAX either end of the range."""
+    return st.sampled_from([low, high]) if FEW_SHAPES else st.integers(low, high)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -132,9 +140,9 @@ def loss_of(labels, features, weights, **values):
 
 @st.composite
 def problems(draw):
-    n = draw(st.integers(1, 6))
-    dim = draw(st.integers(2, 5))
-    classes = draw(st.integers(2, 6))
+    n = draw(sizes(1, 6))
+    dim = draw(sizes(2, 5))
+    classes = draw(sizes(2, 6))
     unit = st.floats(-1.0, 1.0, allow_nan=False)
     features = draw(hnp.arrays(np.float64, (n, dim), elements=unit))
     weights = draw(hnp.arrays(np.float64, (dim, classes), elements=unit))
@@ -148,7 +156,7 @@ def problems(draw):
 def sub_center_problems(draw):
     """(labels, features, W with K columns per class, classes, K)."""
     labels, features, _, classes = draw(problems())
-    sub_centers = draw(st.integers(1, 4))
+    sub_centers = draw(sizes(1, 4))
     unit = st.floats(-1.0, 1.0, allow_nan=False)
     weights = draw(
         hnp.arrays(np.float64, (features.shape[1], classes * sub_centers), elements=unit)
