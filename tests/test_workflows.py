@@ -388,3 +388,36 @@ def test_loading_with_a_disabled_plugin_says_so_and_how_to_load_for_inference(tm
     assert "disabled by LOSSPLUG_DISABLE='center'" in out
     assert "compile=False" in out
     assert "INFERENCE LossModel" in out
+
+
+def test_a_compile_config_naming_a_backend_optimizer_class_loads_on_this_backend() -> None:
+    """Files saved on torch by Keras 3.15 name ``keras.src.backend.torch.optimizers...``."""
+    from lossplug import backend
+
+    saved = {
+        "optimizer": {
+            "module": "keras.src.backend.torch.optimizers.torch_adam",
+            "class_name": "Adam",
+            "config": {"learning_rate": 0.01},
+            "registered_name": "Adam",
+        },
+        "nested": [
+            {
+                "module": "keras.src.backend.torch.optimizers.torch_sgd",
+                "class_name": "SGD",
+                "config": {},
+                "registered_name": "SGD",
+            }
+        ],
+        "custom": {"module": "my.optimizers", "class_name": "Adam", "config": {}},
+    }
+    portable = backend.portable_config(saved)
+    assert portable["optimizer"]["module"] == "keras.optimizers"
+    assert portable["nested"][0]["module"] == "keras.optimizers"
+    assert portable["custom"] == saved["custom"]  # not a Keras backend class: left alone
+    optimizer = keras.saving.deserialize_keras_object(portable["optimizer"])
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    foreign = [name for name in backend.SUPPORTED if name != keras.backend.backend()]
+    module = type(optimizer).__module__
+    assert not any(f".backend.{name}." in module for name in foreign), module
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)

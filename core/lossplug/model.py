@@ -697,10 +697,11 @@ class LossModel(_Trainer, keras.Model):
             name: [list(shape), dtype]
             for name, (shape, dtype) in self._lossplug.value.get("targets", {}).items()
         } or None
-        return config
+        return _backend.portable_config(config)
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
-        config = keras.saving.deserialize_keras_object(config)
+        # Files saved before the optimizer was written portably still load on every backend.
+        config = keras.saving.deserialize_keras_object(_backend.portable_config(config))
         self.compile(**config)
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)

@@ -21,6 +21,9 @@ lossplug does the same at a smaller scale: one module per backend
 ``Compiler``/``gradients``
     what the conformance kit needs: the backend's compiler and autodiff.
 
+:func:`portable_config`, here in the package itself, makes a saved compile config load
+on every backend.
+
 Plugins never import this package: they write their math in ``keras.ops``.
 Importing :mod:`lossplug` does not import it either; the backend module is
 imported on first use, after Keras has chosen its backend.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from ..errors import LossplugError
 
@@ -60,4 +64,36 @@ def current() -> ModuleType:
     return module
 
 
-__all__ = ["SUPPORTED", "current", "name"]
+def portable_config(config: Any) -> Any:
+    """``config`` with every Keras optimizer named by its public, backend-neutral path.
+
+    Keras 3.15 serialises an optimizer of the torch backend under the module of its torch
+    class (``keras.src.backend.torch.optimizers.torch_adam``), so a file saved on PyTorch
+    builds a torch optimizer when it is loaded on TensorFlow or JAX, and the first training
+    step fails far from the cause. Rewritten as ``keras.optimizers`` + class name, the
+    optimizer resolves to the class of the backend that loads the file. Nested configs
+    (``LossScaleOptimizer``'s inner optimizer) are rewritten too; anything that is not a
+    Keras optimizer of a backend module is returned unchanged.
+    """
+    if isinstance(config, list):
+        return [portable_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    config = {key: portable_config(value) for key, value in config.items()}
+    module = config.get("module")
+    if isinstance(module, str) and module.startswith(_BACKEND_MODULES):
+        import keras
+
+        class_name = config.get("class_name")
+        if isinstance(class_name, str) and isinstance(
+            getattr(keras.optimizers, class_name, None), type
+        ):
+            config["module"] = "keras.optimizers"
+            config["registered_name"] = class_name
+    return config
+
+
+#: Where Keras keeps its backend-specific classes (a saved module path to rewrite).
+_BACKEND_MODULES = tuple(f"keras.src.backend.{backend}." for backend in SUPPORTED)
+
+__all__ = ["SUPPORTED", "current", "name", "portable_config"]
