@@ -1,13 +1,14 @@
 """Subprocess body of the JAX ``keras.distribution`` tests (devices are fixed at JAX's start).
 
 Usage: python jax_distribution_worker.py single|data_parallel OUT.npz [--local-mining]
-       python jax_distribution_worker.py single|data_parallel OUT.npz --center-paper
+       python jax_distribution_worker.py single|data_parallel OUT.npz --center-paper [--memory]
 
 Trains a LossModel with a per-sample term, a stateful term and a scalar batch-coupled term
 on the same global batches, on one CPU device or with ``keras.distribution.DataParallel``
 over two, and saves the logs, evaluate(), predict() and every weight. With
 ``--center-paper`` the model trains ``center(update="paper")`` instead (state updated by
-the plugin's own rule) and saves the centres and every weight.
+the plugin's own rule) and saves the centres and every weight; ``--memory`` adds a
+``cross_batch_memory`` term mined over the global batch (a ring buffer of state).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 mode, out_path = sys.argv[1], sys.argv[2]
 local_mining = "--local-mining" in sys.argv
 center_paper = "--center-paper" in sys.argv
+with_memory = "--memory" in sys.argv  # with --center-paper
 os.environ["KERAS_BACKEND"] = "jax"
 if mode == "data_parallel":
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -50,17 +52,34 @@ if center_paper:
     logits = keras.layers.Dense(3, name="logits")(features)
     model = lossplug.LossModel(inputs, logits, expose=["features"])
     center = lossplug.use("center", weight=0.5, num_classes=3, alpha=0.5, update="paper")
-    model.compile(keras.optimizers.Adam(1e-2), loss=["toy_ce", center])
+    terms = ["toy_ce", center]
+    stateful = ["center"]
+    if with_memory:  # a ring buffer written from, and mined over, the global batch
+        memory = lossplug.use(
+            "cross_batch_memory",
+            weight=0.2,
+            memory_size=80,
+            warmup_steps=2,
+            global_batch=True,
+            bind={"embeddings": "features"},
+        )
+        terms.append(memory)
+        stateful.append("cross_batch_memory")
+    model.compile(keras.optimizers.Adam(1e-2), loss=terms)
     fit_args = {"batch_size": GLOBAL_BATCH, "shuffle": False, "verbose": 0}
-    model.fit(x, y, sample_weight=sample_weight, epochs=2, **fit_args)
-    centers = keras.ops.convert_to_numpy(model.term_state("center")["centers"])
+    history = model.fit(x, y, sample_weight=sample_weight, epochs=2, **fit_args).history
+    states = [v for name in stateful for v in model.term_state(name).values()]
+    values = [keras.ops.convert_to_numpy(v) for v in states]
     model.evaluate(x, y, batch_size=GLOBAL_BATCH, verbose=0)  # applies no update
-    after = keras.ops.convert_to_numpy(model.term_state("center")["centers"])
-    np.testing.assert_array_equal(after, centers)
+    for variable, value in zip(states, values, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
     iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     assert iterations == 2 * STEPS, iterations
     weights = {w.path.replace("/", "__"): keras.ops.convert_to_numpy(w) for w in model.weights}
-    np.savez(out_path, centers=centers, devices=np.array(len(jax.devices())), **weights)
+    logs = {f"log_{key}": np.array(value) for key, value in history.items()}
+    centers = keras.ops.convert_to_numpy(model.term_state("center")["centers"])
+    devices = np.array(len(jax.devices()))
+    np.savez(out_path, centers=centers, devices=devices, **weights, **logs)
     print("DONE center_paper", mode, len(jax.devices()))
     sys.exit(0)
 

@@ -91,33 +91,56 @@ if nan_batch is not None:
     print("DONE nan", mode, strategy.num_replicas_in_sync)
     sys.exit(0)
 
-if os.environ.get("LOSSPLUG_CENTER_PAPER"):
+variant = os.environ.get("LOSSPLUG_CENTER_PAPER")
+if variant:
     # State updated by a plugin's own rule under the strategy: center(update="paper")
     # computes the rule from the global batch (extras.all_gather) on every replica; the
-    # trainer applies it once per step. Saves the centres and every weight.
+    # trainer applies it once per step. Variants: "memory" adds a cross-batch memory mined
+    # over the global batch (its ring buffer is state written by the same mechanism);
+    # "frozen" leaves the model no trainable weight (no optimizer step, the rule still
+    # runs). Saves every weight, state included.
+    frozen = variant == "frozen"
     with strategy.scope():
         keras.utils.set_random_seed(7)
         inputs = keras.Input((10,))
-        features = keras.layers.Dense(6, activation="tanh", name="features")(inputs)
-        logits = keras.layers.Dense(3, name="logits")(features)
+        layer = keras.layers.Dense(6, activation="tanh", name="features", trainable=not frozen)
+        features = layer(inputs)
+        logits = keras.layers.Dense(3, name="logits", trainable=not frozen)(features)
         model = lossplug.LossModel(inputs, logits, expose=["features"])
         center = lossplug.use("center", weight=0.5, num_classes=3, alpha=0.5, update="paper")
-        model.compile(keras.optimizers.Adam(1e-2), loss=["toy_ce", center])
-    state = model.term_state("center")["centers"]
+        terms = ["toy_ce", center]
+        if variant == "memory":
+            memory = lossplug.use(
+                "cross_batch_memory",
+                weight=0.2,
+                memory_size=80,
+                warmup_steps=2,
+                global_batch=True,
+                bind={"embeddings": "features"},
+            )
+            terms.append(memory)
+        model.compile(keras.optimizers.Adam(1e-2), loss=terms)
+    assert not frozen or not model.trainable_weights
+    stateful = ["center", "cross_batch_memory"] if variant == "memory" else ["center"]
+    states = [v for name in stateful for v in model.term_state(name).values()]
     dataset = tf.data.Dataset.from_tensor_slices((x, y, sample_weight)).batch(GLOBAL_BATCH)
-    model.fit(dataset, epochs=2, verbose=0)
-    centers = keras.ops.convert_to_numpy(state)
+    history = model.fit(dataset, epochs=2, verbose=0).history
+    values = [keras.ops.convert_to_numpy(v) for v in states]
     model.evaluate(dataset, verbose=0)  # applies no update
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(state), centers)
-    copies = strategy.experimental_local_results(state.value)
-    assert len(copies) == strategy.num_replicas_in_sync, copies
-    for copy in copies:  # every replica holds the same centres
-        np.testing.assert_array_equal(copy.numpy(), centers)
+    for variable, value in zip(states, values, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
+        copies = strategy.experimental_local_results(variable.value)
+        assert len(copies) == strategy.num_replicas_in_sync, copies
+        for copy in copies:  # every replica holds the same state
+            np.testing.assert_array_equal(copy.numpy(), value)
     weights = {w.path.replace("/", "__"): keras.ops.convert_to_numpy(w) for w in model.weights}
     iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    assert iterations == 2 * STEPS, iterations
-    np.savez(out_path, centers=centers, replicas=np.array(strategy.num_replicas_in_sync), **weights)
-    print("DONE center_paper", mode, strategy.num_replicas_in_sync)
+    assert iterations == (0 if frozen else 2 * STEPS), iterations
+    logs = {f"log_{key}": np.array(value) for key, value in history.items()}
+    centers = keras.ops.convert_to_numpy(model.term_state("center")["centers"])
+    replicas = np.array(strategy.num_replicas_in_sync)
+    np.savez(out_path, centers=centers, replicas=replicas, **weights, **logs)
+    print("DONE center_paper", variant, mode, strategy.num_replicas_in_sync)
     sys.exit(0)
 
 with strategy.scope():

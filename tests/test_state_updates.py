@@ -122,7 +122,7 @@ def test_k_steps_follow_the_rule_and_validation_applies_none(alpha):
     "compile_args",
     [
         pytest.param({"steps_per_execution": 3, "jit_compile": False}, marks=SEVERAL, id="spe3"),
-        pytest.param({"jit_compile": True}, marks=SEVERAL, id="jit"),
+        pytest.param({"jit_compile": True}, id="jit"),  # torch: torch.compile, ~1 min
         pytest.param({"steps_per_execution": 3, "jit_compile": True}, marks=SEVERAL, id="spe3-jit"),
         pytest.param({"run_eagerly": True}, id="eager"),
         pytest.param({"check_finite": False}, id="unguarded"),
@@ -315,31 +315,50 @@ def test_backup_and_restore_resumes_the_centres_exactly(tmp_path):
 # --------------------------------------------------------------------- several replicas
 @pytest.mark.e2e
 @pytest.mark.backends("tensorflow")
-def test_mirrored_strategy_agrees_with_one_device_on_the_centres(tmp_path):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "center",
+        "memory",  # + cross_batch_memory(global_batch=True): the ring buffer too
+        "frozen",  # no trainable weight: no optimizer step, the rule still runs
+    ],
+)
+def test_mirrored_strategy_agrees_with_one_device_on_the_state(tmp_path, variant):
     from test_distribute import finish, run
 
     results = {}
     for mode in ("single", "mirrored"):
         out = tmp_path / f"{mode}.npz"
-        finish(run(mode, out, {"LOSSPLUG_CENTER_PAPER": "1"}))
+        finish(run(mode, out, {"LOSSPLUG_CENTER_PAPER": variant}))
         results[mode] = dict(np.load(out))
     single, mirrored = results["single"], results["mirrored"]
     assert int(single["replicas"]) == 1 and int(mirrored["replicas"]) == 2
     assert np.abs(single["centers"]).sum() > 0
     np.testing.assert_allclose(mirrored["centers"], single["centers"], rtol=1e-4, atol=1e-6)
-    for key in [k for k in single if "__" in k]:
+    compared = [k for k in single if "__" in k or k.startswith("log_")]
+    if variant == "memory":
+        memory = [k for k in compared if "cross_batch_memory" in k]
+        assert memory and any(np.abs(single[k]).sum() > 0 for k in memory), compared
+        assert "log_cross_batch_memory" in compared
+    for key in compared:
         np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 @pytest.mark.e2e
 @pytest.mark.backends("jax")
-def test_jax_data_parallel_agrees_with_one_device_on_the_centres(tmp_path):
+@pytest.mark.parametrize("memory", [False, True], ids=["center", "memory"])
+def test_jax_data_parallel_agrees_with_one_device_on_the_state(tmp_path, memory):
     from test_distribute_jax import run
 
-    single = run("single", tmp_path / "single.npz", "--center-paper")
-    parallel = run("data_parallel", tmp_path / "parallel.npz", "--center-paper")
+    flags = ["--center-paper", *(["--memory"] if memory else [])]
+    single = run("single", tmp_path / "single.npz", *flags)
+    parallel = run("data_parallel", tmp_path / "parallel.npz", *flags)
     assert int(single["devices"]) == 1 and int(parallel["devices"]) == 2
     assert np.abs(single["centers"]).sum() > 0
     np.testing.assert_allclose(parallel["centers"], single["centers"], rtol=1e-4, atol=1e-6)
-    for key in [k for k in single if "__" in k]:
+    compared = [k for k in single if "__" in k or k.startswith("log_")]
+    if memory:
+        assert any("cross_batch_memory" in k and np.abs(single[k]).sum() > 0 for k in compared)
+        assert "log_cross_batch_memory" in compared
+    for key in compared:
         np.testing.assert_allclose(parallel[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)

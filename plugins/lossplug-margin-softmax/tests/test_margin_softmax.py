@@ -579,6 +579,14 @@ def _train_on_noisy_digits(sub_centers, x, y_noisy):
     return model, weights
 
 
+def _two_proportion_z(first: np.ndarray, second: np.ndarray) -> float:
+    """z statistic of mean(first) - mean(second) for two samples of booleans (pooled SE)."""
+    p1, p2 = first.mean(), second.mean()
+    pooled = (first.sum() + second.sum()) / (len(first) + len(second))
+    se = np.sqrt(pooled * (1 - pooled) * (1 / len(first) + 1 / len(second)))
+    return float((p1 - p2) / se) if se > 0 else 0.0
+
+
 @pytest.mark.slow
 def test_sub_centers_resist_label_noise_on_digits():
     """40% of the training labels replaced by another class: with three sub-centres per class
@@ -606,17 +614,22 @@ def test_sub_centers_resist_label_noise_on_digits():
             own = cos[np.arange(len(f)), y_noisy].argmax(axis=1)  # nearest own sub-centre
             counts = [np.bincount(own[y_noisy == c], minlength=k) for c in range(10)]
             dominant = np.array([c.argmax() for c in counts])[y_noisy]
+            away = own != dominant  # at a non-dominant sub-centre of its (given) class
             at_dominant = {
-                "clean": float(np.mean(own[~flipped] == dominant[~flipped])),
-                "noisy": float(np.mean(own[flipped] == dominant[flipped])),
+                "clean": 1.0 - float(np.mean(away[~flipped])),
+                "noisy": 1.0 - float(np.mean(away[flipped])),
             }
+            z = _two_proportion_z(away[flipped], away[~flipped])
     print(
         f"\nclean test accuracy with 40% label noise: sub_centers=1 {accuracy[1]:.3f}, "
         f"sub_centers=3 {accuracy[3]:.3f}; at the dominant sub-centre: clean samples "
-        f"{at_dominant['clean']:.3f}, mislabelled samples {at_dominant['noisy']:.3f}"
+        f"{at_dominant['clean']:.3f}, mislabelled samples {at_dominant['noisy']:.3f} (z = {z:.1f})"
     )
     assert accuracy[3] > accuracy[1] + 0.02
-    assert at_dominant["noisy"] < at_dominant["clean"] - 0.1
+    # mislabelled samples sit away from the dominant sub-centre significantly more often
+    # than clean ones (one-sided, p < 0.001); how much more varies with the backend's
+    # random streams (0.08 to 0.3 of them against 0 to 0.08 of the clean ones)
+    assert z > 3.1
 
 
 test_conformance = conformance_tests("margin_softmax")

@@ -149,14 +149,30 @@ def test_training_fits_and_keeps_predictions_nearer_one_half():
         model.compile(
             keras.optimizers.Adam(0.01), loss=lossplug.use("regularized_mse", factor=factor)
         )
-        history = model.fit(x, target, epochs=3, batch_size=64, verbose=0).history
+        history = model.fit(x, target, epochs=6, batch_size=64, verbose=0).history
         return model.predict(x, verbose=0)[:, 0], history["regularized_mse"]
+
+    def excess(loss, factor):
+        """How far ``loss`` is above the best possible, relative to the best constant.
+
+        With bit targets the best prediction (y + factor / 2) / (1 + factor) loses
+        factor / (4 (1 + factor)) per sample; the best constant c* = (p + factor / 2) /
+        (1 + factor) loses mean((y - c*)^2) + factor (0.5 - c*)^2. 1 = no better than
+        the constant, 0 = perfect.
+        """
+        best = factor / (4 * (1 + factor))
+        c = (target.mean() + factor / 2) / (1 + factor)
+        constant = float(np.mean((target - c) ** 2) + factor * (0.5 - c) ** 2)
+        return (loss - best) / (constant - best)
 
     plain, plain_history = train(0.0)
     pulled, history = train(1.0)
-    assert history[-1] < 0.7 * history[0]
-    assert plain_history[-1] < 0.7 * plain_history[0]
-    # the best prediction moves from y to (y + 0.5) / 2: the spread around 0.5 halves
+    learned = {"plain": excess(plain_history[-1], 0.0), "factor 1": excess(history[-1], 1.0)}
+    print(f"\nexcess loss of the last epoch over the best (1 = constant prediction): {learned}")
+    # the network learns from the other pixels what no constant prediction can, with or
+    # without the penalty
+    assert learned["plain"] < 0.75
+    assert learned["factor 1"] < 0.75
     spread_plain = np.abs(plain - 0.5).mean()
     spread_pulled = np.abs(pulled - 0.5).mean()
     assert 0.3 * spread_plain < spread_pulled < 0.65 * spread_plain
