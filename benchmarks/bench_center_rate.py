@@ -13,19 +13,25 @@ the run, and for each rule the ratio alpha = 0.1 / alpha = 1.0 of both:
 - ``paper``: Wen et al.'s rule c_j -= alpha * sum_{y_i=j} (c_j - x_i) / (1 + n_j), applied
   once per step outside the optimizer; the first step is exactly alpha times as long.
 
-    python benchmarks/bench_center_rate.py              # 64 steps (~40 s on 2 CPUs)
-    python benchmarks/bench_center_rate.py --steps 4    # a smoke run
+Each run (``--runs``, default 3) uses another seed for the data and the initial
+weights; the table gives the median over the runs and, for the ratios, their range.
+
+    python benchmarks/bench_center_rate.py --write      # 64 steps, 3 runs (~2 minutes on 2 CPUs)
+    python benchmarks/bench_center_rate.py --quick      # 16 steps, 2 runs
+
+Without ``--write`` (docs/generated/center_rate.md) or ``--out DIR`` the table is only
+printed. The model runs on the Keras backend of ``KERAS_BACKEND`` (default TensorFlow).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
+import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import benchlib
 import keras
 import lossplug
 import numpy as np
@@ -35,8 +41,8 @@ ALPHAS = (0.1, 1.0)
 RULES = ("gradient", "paper")
 
 
-def make_data(n: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
+def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
     means = rng.normal(size=(CLASSES, D_IN)).astype("float32")
     y = rng.integers(0, CLASSES, n)
     x = means[y] + 0.5 * rng.normal(size=(n, D_IN)).astype("float32")
@@ -58,9 +64,11 @@ class CentreTrace(keras.callbacks.Callback):
         self.trace.append(self._read())
 
 
-def centre_steps(update: str, alpha: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def centre_steps(
+    update: str, alpha: float, x: np.ndarray, y: np.ndarray, seed: int = 0
+) -> np.ndarray:
     """||C_{t+1} - C_t|| for every step of one run."""
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     inputs = keras.Input((D_IN,))
     features = keras.layers.Dense(D_FEAT, activation="relu", name="features")(inputs)
     logits = keras.layers.Dense(CLASSES, name="logits")(features)
@@ -76,36 +84,59 @@ def centre_steps(update: str, alpha: float, x: np.ndarray, y: np.ndarray) -> np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=64, help="training steps per run")
+    parser.add_argument("--quick", action="store_true", help="16 steps, 2 runs")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (64)")
+    parser.add_argument("--runs", type=int, default=None, help="seeds (default 3; quick 2)")
+    benchlib.add_output_arguments(parser)
     args = parser.parse_args()
-    x, y = make_data(args.steps * BATCH)
-    results = {(u, a): centre_steps(u, a, x, y) for u in RULES for a in ALPHAS}
+    report = benchlib.Report(args, benchlib.run_kind(parser, args, ("steps", "runs")))
+    steps = args.steps or (16 if args.quick else 64)
+    runs = args.runs or (2 if args.quick else 3)
+    results = {(u, a): [] for u in RULES for a in ALPHAS}
+    for seed in range(runs):
+        x, y = make_data(steps * BATCH, seed)
+        for update, alpha in results:
+            results[update, alpha].append(centre_steps(update, alpha, x, y, seed))
 
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"date: {now}")
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}, Keras {keras.__version__} "
-        f"({keras.backend.backend()} backend)"
-    )
-    print(
-        f"setup: {args.steps} steps of batch {BATCH}, Adam({LR}), center weight {WEIGHT}, "
-        f"{CLASSES} classes, {D_FEAT} features"
-    )
-    print()
-    print("| update | alpha | first step | mean step | ratio 0.1/1.0 first | ratio 0.1/1.0 mean |")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for update in RULES:
         slow, fast = results[(update, ALPHAS[0])], results[(update, ALPHAS[1])]
         for alpha in ALPHAS:
-            steps = results[(update, alpha)]
-            ratios = ("", "")
+            per_run = results[(update, alpha)]
+            ratios = ["", ""]
             if alpha == ALPHAS[0]:
-                ratios = (f"{slow[0] / fast[0]:.3f}", f"{slow.mean() / fast.mean():.3f}")
-            print(
-                f"| {update} | {alpha} | {steps[0]:.4f} | {steps.mean():.4f} | "
-                f"{ratios[0]} | {ratios[1]} |"
+                first = [s[0] / f[0] for s, f in zip(slow, fast, strict=True)]
+                mean = [s.mean() / f.mean() for s, f in zip(slow, fast, strict=True)]
+                ratios = [benchlib.fmt_ratio(r, 3, unit="") for r in (first, mean)]
+            rows.append(
+                [
+                    update,
+                    alpha,
+                    f"{statistics.median(r[0] for r in per_run):.4f}",
+                    f"{statistics.median(r.mean() for r in per_run):.4f}",
+                    *ratios,
+                ]
             )
+    report.add(
+        "center_rate",
+        f"{steps} steps of batch {BATCH}, Adam({LR}), center weight {WEIGHT}, {CLASSES} "
+        f"classes, {D_FEAT} features, Keras backend {keras.backend.backend()}; {runs} runs "
+        "(seeds). Centre steps: median over the runs; ratios: median over the runs (range in "
+        "brackets).",
+        benchlib.table(
+            [
+                "update",
+                "alpha",
+                "first step",
+                "mean step",
+                "ratio 0.1/1.0 first",
+                "ratio 0.1/1.0 mean",
+            ],
+            "lrrrrr",
+            rows,
+        ),
+    )
+    report.finish()
 
 
 if __name__ == "__main__":

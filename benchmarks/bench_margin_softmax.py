@@ -1,8 +1,11 @@
-"""ArcFace: the ``margin_softmax`` plugin against the layer a user would write.
+"""ArcFace: the ``margin_softmax`` plugin against the layer a user would write, on every
+Keras backend, and against pytorch-metric-learning when it is installed.
 
-For C classes (batch 256, dim 128, s = 64, m = 0.5), one forward + backward pass
-(per-sample losses, mean, gradients with respect to the features and the
-class weights W, in a ``tf.function``) is timed and its memory measured, for
+s = 64, m = 0.5, features of dimension 128; one forward + backward pass is the
+per-sample losses, their mean, and the gradients with respect to the features and
+the class weights W (128 x C). Three tables (files in docs/generated/):
+
+``margin_softmax.md``: for C classes (batch 256), on TensorFlow (``tf.function``):
 
 - ``plugin``: ``lossplug_margin_softmax.margin_softmax_loss`` (target-only margin:
   one (B, C) cosine matrix and the logits, O(B dim) for the angle);
@@ -10,30 +13,46 @@ class weights W, in a ``tf.function``) is timed and its memory measured, for
   sine = sqrt(1 - cos^2), cos(theta + m) with the threshold fallback for the whole
   (B, C) matrix, a one-hot blend, and ``tf.nn.softmax_cross_entropy_with_logits``.
 
-Time is the median of the repeats, both implementations interleaved in one
-process so that the ratio is robust to other load on the machine. Memory is
-measured in a fresh subprocess per (implementation, C) (TensorFlow's CPU
-allocator keeps memory it once used): after a warm-up with 8 samples (which
-traces the function) the kernel's peak-RSS mark is reset
-(``/proc/self/clear_refs``), one pass runs, and the reported value is the peak
-RSS during the pass minus the RSS before it (Linux only). W (C x 128 float32)
-exists before; its gradient (the same size) is part of both working sets.
+Time: ``--runs`` passes of each implementation taking turns in one process, so the
+ratio is robust to other load on the machine; the table gives the median time and the
+median and range of the per-run ratios. Memory is measured in a fresh subprocess per
+(implementation, C) (TensorFlow's CPU allocator keeps memory it once used): after a
+warm-up with 8 samples (which traces the function) the kernel's peak-RSS mark is reset
+(``/proc/self/clear_refs``), one pass runs, and the reported value is the peak RSS
+during the pass minus the RSS before it (Linux only). W (C x 128 float32) exists
+before; its gradient (the same size) is part of both working sets. Every gradient is
+checked to be finite (outside the timed region).
 
-    python benchmarks/bench_margin_softmax.py --quick   # C = 1,000 and 10,000 (~40 s)
-    python benchmarks/bench_margin_softmax.py           # C = 1,000 ... 100,000 (~1-2 minutes)
+``margin_softmax_backends.md``: the plugin's pass on each Keras backend of
+``--backends`` (default: those installed), each in a fresh process (TensorFlow: this
+one): ``tf.function`` on TensorFlow, ``jax.jit`` of ``jax.value_and_grad`` on JAX, eager
+autograd on PyTorch.
 
-``--sample-rate R`` adds ``sampled``: the plugin with ``sample_rate=R`` (Partial FC:
-the batch's classes plus random others, max(#positives, ceil(R C)) classes, a gather of
+``margin_softmax_pml.md``: batch 512, C = 10,000 and 100,000 (``--pml-classes``): the
+plugin (PyTorch backend, eager) against pytorch-metric-learning's ``ArcFaceLoss``
+(``margin`` in degrees: 0.5 rad = 28.65 degrees; ``scale=64``; its W set to the same
+values), taking turns in one torch process; memory in a fresh process per
+implementation and C. Skipped (and said so) when PML is not installed.
+
+    python benchmarks/bench_margin_softmax.py --quick    # C = 1,000 and 10,000 (~3 minutes)
+    python benchmarks/bench_margin_softmax.py --write    # C = 1,000 ... 100,000 (~8 minutes)
+
+Without ``--write`` (docs/generated/) or ``--out DIR`` the tables are only printed.
+
+``--sample-rate R`` adds ``sampled`` to the TensorFlow table (written as
+``margin_softmax_sampled.md``): the plugin with ``sample_rate=R`` (Partial FC: the
+batch's classes plus random others, max(#positives, ceil(R C)) classes, a gather of
 their columns of W; its logits are (B, R C)).
 
 ``--train scale`` and ``--train compare`` time real ``fit`` steps of a
 ``lossplug.LossModel`` (an MLP encoder, 64 -> 256 -> D, then ``margin_softmax``
 ArcFace), each configuration in a fresh process (the Keras backend of
-``KERAS_BACKEND``): the median time of a training step (forward, backward and
-the optimizer's update of the encoder and of W; after one warm-up step that traces
-it) and two memory figures: the peak RSS growth from the compiled model (W and the
-data exist) to the end of training (W's gradient, the optimizer's slots, the
-step's temporaries) and the peak RSS of the whole process.
+``KERAS_BACKEND``), written as ``margin_softmax_train_scale.md`` /
+``margin_softmax_train_compare.md``: the median time of a training step (forward,
+backward and the optimizer's update of the encoder and of W; after one warm-up step
+that traces it) and two memory figures: the peak RSS growth from the compiled model
+(W and the data exist) to the end of training (W's gradient, the optimizer's slots,
+the step's temporaries) and the peak RSS of the whole process.
 
 - ``scale``: 1,000,000 classes, D = 512, batch 256, the sampled loss (rate
   ``--sample-rate``, default 0.1); ``--with-full`` adds the full loss.
@@ -52,21 +71,22 @@ step's temporaries) and the peak RSS of the whole process.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import statistics
-import subprocess
 import sys
 import time
 
+import benchlib
+from benchlib import fmt_mb, fmt_ms, fmt_ratio
 from peak_memory import peak_rss, reset_peak_rss
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 BATCH, DIM, SCALE, MARGIN = 256, 128, 64.0, 0.5
+PML_BATCH = 512
 
 
+# ----------------------------------------------------------------------------- implementations
 def naive_loss(tf, features, labels, weights):
     x = tf.math.l2_normalize(features, axis=1)
     w = tf.math.l2_normalize(weights, axis=0)
@@ -79,38 +99,76 @@ def naive_loss(tf, features, labels, weights):
     return tf.nn.softmax_cross_entropy_with_logits(labels=one_hot, logits=logits)
 
 
-def plugin_loss(tf, features, labels, weights):
+def _config(classes: int, rate: float = 1.0):
     import lossplug_margin_softmax as plugin
 
-    config = plugin.SPEC.make_config(
-        {"num_classes": int(weights.shape[1]), "scale": SCALE, "margin": MARGIN}
+    return plugin.SPEC.make_config(
+        {"num_classes": classes, "scale": SCALE, "margin": MARGIN, "sample_rate": rate}
     )
-    return plugin.margin_softmax_loss(features, labels, weights, config)
+
+
+def plugin_loss(features, labels, weights):
+    """Per-sample losses of the plugin (keras.ops: any backend)."""
+    import lossplug_margin_softmax as plugin
+
+    return plugin.margin_softmax_loss(features, labels, weights, _config(int(weights.shape[1])))
 
 
 def sampled_loss(tf, features, labels, weights, rate: float):
     import lossplug_margin_softmax as plugin
 
-    config = plugin.SPEC.make_config(
-        {
-            "num_classes": int(weights.shape[1]),
-            "scale": SCALE,
-            "margin": MARGIN,
-            "sample_rate": rate,
-        }
-    )
+    config = _config(int(weights.shape[1]), rate)
     seed, step = tf.constant(12345, tf.int32), tf.constant(1, tf.int32)
     return plugin.sampled_margin_softmax_loss(features, labels, weights, config, seed, step)
 
 
+def mean_plugin_loss(features, labels, weights):
+    import keras
+
+    return keras.ops.mean(plugin_loss(features, labels, weights))
+
+
+def pml_step(classes: int, weights):
+    """PML's ArcFaceLoss with W = ``weights`` (a torch tensor): step(features, labels)."""
+    import torch
+    from pytorch_metric_learning import losses
+
+    loss = losses.ArcFaceLoss(
+        num_classes=classes, embedding_size=DIM, margin=math.degrees(MARGIN), scale=SCALE
+    )
+    loss.W.data = weights.clone()
+
+    def step(features, labels):
+        features = features.detach().requires_grad_(True)
+        value = loss(features, labels.long())
+        return value, list(torch.autograd.grad(value, [features, loss.W]))
+
+    return step
+
+
+def data(classes: int, size: int):
+    """(W (DIM, C), features (size, DIM), labels (size,)) as NumPy arrays."""
+    import numpy as np
+
+    rng = np.random.default_rng(classes)
+    weights = rng.normal(size=(DIM, classes)).astype("float32") * 0.05
+    features = rng.normal(size=(size, DIM)).astype("float32")
+    return weights, features, rng.integers(0, classes, size).astype("int32")
+
+
+# ----------------------------------------------------------------------------- TensorFlow
 def make_step(tf, impl: str, weights, rate: float = 1.0):
     if impl == "sampled":
 
-        def fn(tf, features, labels, weights):
+        def fn(features, labels, weights):
             return sampled_loss(tf, features, labels, weights, rate)
 
+    elif impl == "plugin":
+        fn = plugin_loss
     else:
-        fn = plugin_loss if impl == "plugin" else naive_loss
+
+        def fn(features, labels, weights):
+            return naive_loss(tf, features, labels, weights)
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, DIM], tf.float32), tf.TensorSpec([None], tf.int32)]
@@ -118,83 +176,126 @@ def make_step(tf, impl: str, weights, rate: float = 1.0):
     def step(features, labels):
         with tf.GradientTape() as tape:
             tape.watch(features)
-            loss = tf.reduce_mean(fn(tf, features, labels, weights))
+            loss = tf.reduce_mean(fn(features, labels, weights))
         g_features, g_weights = tape.gradient(loss, [features, weights])
         return loss, g_features, g_weights
 
     return step
 
 
-def setup(np, tf, classes: int, size: int):
-    rng = np.random.default_rng(classes)
-    weights = tf.Variable(rng.normal(size=(DIM, classes)).astype("float32") * 0.05)
-    features = tf.constant(rng.normal(size=(size, DIM)).astype("float32"))
-    labels = tf.constant(rng.integers(0, classes, size).astype("int32"))
-    return weights, features, labels
-
-
-def run_once(step, features, labels) -> tuple[float, bool]:
-    start = time.perf_counter()
-    _, _, g_weights = step(features, labels)
-    finite = bool(all_finite(g_weights.numpy()))
-    return time.perf_counter() - start, finite
-
-
-def all_finite(array) -> bool:
-    import numpy as np
-
-    return bool(np.isfinite(array).all())
+def tf_setup(tf, classes: int, size: int):
+    weights, features, labels = data(classes, size)
+    return tf.Variable(weights), tf.constant(features), tf.constant(labels)
 
 
 def implementations(rate: float | None) -> tuple[str, ...]:
     return ("plugin", "naive") if rate is None else ("plugin", "naive", "sampled")
 
 
-def time_both(classes: int, repeats: int, rate: float | None = None) -> dict:
-    """Median times, the implementations interleaved in this process (robust ratios)."""
+def time_both(classes: int, runs: int, rate: float | None = None) -> dict[str, list[float]]:
+    """Times of the implementations, taking turns in this process (robust ratios)."""
     import numpy as np
     import tensorflow as tf
 
-    weights, features, labels = setup(np, tf, classes, BATCH)
+    weights, features, labels = tf_setup(tf, classes, BATCH)
     steps = {impl: make_step(tf, impl, weights, rate or 1.0) for impl in implementations(rate)}
-    times: dict[str, list[float]] = {impl: [] for impl in steps}
-    for step in steps.values():
-        run_once(step, features, labels)
-    for _ in range(repeats):
-        for impl, step in steps.items():
-            elapsed, finite = run_once(step, features, labels)
-            assert finite, f"{impl}: non-finite gradient"
-            times[impl].append(elapsed)
-    return {impl: statistics.median(values) for impl, values in times.items()}
+
+    def finite(impl, result):
+        assert np.isfinite(result[2].numpy()).all(), f"{impl}: non-finite gradient of W"
+
+    passes = {impl: (lambda step=step: step(features, labels)) for impl, step in steps.items()}
+    return benchlib.interleaved(passes, runs, check=finite)
 
 
-def memory_worker(impl: str, classes: int, rate: float = 1.0) -> float:
-    """Peak RSS growth (MB) of one pass, in this fresh process, after a warm-up with 8 samples."""
-    import numpy as np
-    import tensorflow as tf
+# ----------------------------------------------------------------------------- workers
+def memory_worker(spec: dict) -> float:
+    """Peak RSS growth (MB) of one pass, in this fresh process, after a warm-up with 8 samples.
 
-    weights, features, labels = setup(np, tf, classes, BATCH)
-    step = make_step(tf, impl, weights, rate)
-    run_once(step, features[:8], labels[:8])
+    ``impl``: "plugin", "naive" or "sampled" (TensorFlow, tf.function), or "lossplug" or
+    "pml" (PyTorch, eager; the process runs the torch backend).
+    """
+    impl, classes, size = spec["impl"], spec["classes"], spec["batch"]
+    if impl in ("plugin", "naive", "sampled"):
+        import tensorflow as tf
+
+        weights, features, labels = tf_setup(tf, classes, size)
+        step = make_step(tf, impl, weights, spec["rate"])
+
+        def one_pass(n):
+            return step(features[:n], labels[:n])[2].numpy()
+    else:
+        import torch
+
+        weights, features, labels = (torch.from_numpy(a) for a in data(classes, size))
+        if impl == "pml":
+            step = pml_step(classes, weights)
+        else:
+            ours = benchlib.value_and_grad(mean_plugin_loss, wrt=(0, 2))
+
+            def step(features, labels):
+                return ours(features, labels, weights)
+
+        def one_pass(n):
+            return benchlib.finish(step(features[:n], labels[:n]))
+
+    one_pass(8)
     before = reset_peak_rss()
-    run_once(step, features, labels)
+    one_pass(size)
     return peak_rss() - before
 
 
-def measure_memory(impl: str, classes: int, rate: float = 1.0) -> float | str:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--memory-worker", impl, str(classes), str(rate)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if proc.returncode != 0:
-        return (proc.stderr.strip().splitlines() or ["failed"])[-1]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def backend_worker(spec: dict) -> dict[str, list[float] | str]:
+    """The plugin's pass on this process's Keras backend, for every C."""
+    import keras
+    import numpy as np
+
+    step = benchlib.value_and_grad(mean_plugin_loss, wrt=(0, 2))
+    out: dict[str, list[float] | str] = {}
+    for classes in spec["classes"]:
+        weights, features, labels = (
+            keras.ops.convert_to_tensor(a) for a in data(classes, spec["batch"])
+        )
+
+        def run(weights=weights, features=features, labels=labels):
+            return benchlib.finish(step(features, labels, weights))
+
+        def finite(impl, result):
+            assert all(np.isfinite(g).all() for g in result[1]), "non-finite gradient"
+
+        try:
+            times = benchlib.interleaved({"plugin": run}, spec["runs"], check=finite)
+            out[str(classes)] = times["plugin"]
+        except Exception as error:
+            out[str(classes)] = f"failed: {type(error).__name__}: {str(error)[:120]}"
+    return out
 
 
-def fmt_mb(value: float) -> str:
-    return f"{value:,.0f} MB" if value >= 10 else f"{value:.1f} MB"
+def pml_worker(spec: dict) -> dict[str, dict | str]:
+    """lossplug (torch backend) and PML taking turns, for every C."""
+    import torch
+
+    ours = benchlib.value_and_grad(mean_plugin_loss, wrt=(0, 2))
+    out: dict[str, dict | str] = {}
+    for classes in spec["classes"]:
+        weights, features, labels = (torch.from_numpy(a) for a in data(classes, spec["batch"]))
+        steps = {
+            "lossplug": lambda f, y, w=weights: ours(f, y, w),
+            "pml": pml_step(classes, weights),
+        }
+        values = {}
+
+        def run(impl, features=features, labels=labels, values=values, steps=steps):
+            values[impl] = float(benchlib.finish(steps[impl](features, labels))[0])
+
+        try:
+            times = benchlib.interleaved(
+                {impl: (lambda impl=impl: run(impl)) for impl in steps}, spec["runs"]
+            )
+            out[str(classes)] = {"times": times, "loss": values}
+        except Exception as error:
+            out[str(classes)] = f"failed: {type(error).__name__}: {str(error)[:120]}"
+        print(f"  PML C={classes}: {out[str(classes)]}", file=sys.stderr, flush=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- training
@@ -291,18 +392,10 @@ def train_worker(spec: dict) -> dict:
 
 
 def measure_training(spec: dict) -> dict | str:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--train-worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=24 * 3600,
-    )
-    if proc.returncode != 0:
-        return (proc.stderr.strip().splitlines() or ["failed"])[-1]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return benchlib.run_worker(__file__, {"task": "train", **spec}, timeout=24 * 3600)
 
 
-def train_main(args: argparse.Namespace) -> None:
+def train_main(args: argparse.Namespace, report: benchlib.Report) -> None:
     import keras
 
     rate = args.sample_rate if args.sample_rate is not None else 0.1
@@ -320,62 +413,242 @@ def train_main(args: argparse.Namespace) -> None:
         "lr": args.lr,
     }
     rates = [rate] + ([1.0] if args.train == "compare" or args.with_full else [])
-    started = time.perf_counter()
     rows = []
     for r in rates:
         result = measure_training({**base, "rate": r})
         rows.append((r, result))
         print(f"  trained sample_rate={r}: {result}", file=sys.stderr, flush=True)
     used = max(1, math.ceil(round(rate * classes, 6)))
-    print(
-        f"\nArcFace (s={SCALE:g}, m={MARGIN}) training steps of a LossModel (MLP {INPUTS} -> "
+    blocks = [
+        f"ArcFace (s={SCALE:g}, m={MARGIN}) training steps of a LossModel (MLP {INPUTS} -> "
         f"{HIDDEN} -> {args.dim}), {classes:,} classes, batch {args.batch}, "
-        f"{args.optimizer} (lr {args.lr}), Keras backend {keras.backend.backend()}, "
-        f"{os.cpu_count()} CPU cores; W is {args.dim} x {classes:,} float32 "
-        f"({fmt_mb(args.dim * classes * 4 / 2**20)}). sample_rate {rate}: at least "
-        f"{used:,} classes per step. Time: wall time of the fit / its steps. Memory: peak RSS "
-        "growth from the compiled model (W exists) to the end of training (gradients, optimizer "
-        "slots, the step's temporaries); peak RSS of the whole process. One process per row.\n"
-    )
-    header = "| sample_rate | time per step | training memory | process peak memory |"
-    rule = "|---:|---:|---:|---:|"
+        f"{args.optimizer} (lr {args.lr}), Keras backend {keras.backend.backend()}; W is "
+        f"{args.dim} x {classes:,} float32 ({fmt_mb(args.dim * classes * 4 / 2**20)}). "
+        f"sample_rate {rate}: at least {used:,} classes per step. Time: wall time of the fit / "
+        "its steps. Memory: peak RSS growth from the compiled model (W exists) to the end of "
+        "training (gradients, optimizer slots, the step's temporaries); peak RSS of the whole "
+        "process. One process per row."
+    ]
+    header = ["sample_rate", "time per step", "training memory", "process peak memory"]
     if args.train == "compare":
-        header += " final training loss | accuracy (nearest class weight) | task ceiling |"
-        rule += "---:|---:|---:|"
-        print(
+        header += ["final training loss", "accuracy (nearest class weight)", "task ceiling"]
+        blocks.append(
             f"Synthetic identities: {args.samples_per_class} training samples per identity, "
             f"{args.epochs} epochs; accuracy on fresh samples of "
             f"{min(args.eval_samples, classes):,} identities (the ceiling: nearest true centre "
-            "in the latent space).\n"
+            "in the latent space)."
         )
-    print(header)
-    print(rule)
+    lines = []
     for r, result in rows:
         if isinstance(result, str):
-            print(f"| {r:g} | {result} |")
+            lines.append([f"{r:g}", result, *["-"] * (len(header) - 2)])
             continue
-        line = (
-            f"| {r:g} | {result['step_ms']:,.1f} ms | {fmt_mb(result['step_memory'])} | "
-            f"{fmt_mb(result['process_memory'])} |"
-        )
+        line = [
+            f"{r:g}",
+            f"{result['step_ms']:,.1f} ms",
+            fmt_mb(result["step_memory"]),
+            fmt_mb(result["process_memory"]),
+        ]
         if args.train == "compare":
-            line += (
-                f" {result['final_loss']:.3f} | {result['accuracy']:.3f} | "
-                f"{result['ceiling']:.3f} |"
-            )
-        print(line)
-    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+            line += [
+                f"{result['final_loss']:.3f}",
+                f"{result['accuracy']:.3f}",
+                f"{result['ceiling']:.3f}",
+            ]
+        lines.append(line)
+    blocks.append(benchlib.table(header, "r" * len(header), lines))
+    report.add(f"margin_softmax_train_{args.train}", *blocks)
+
+
+# ----------------------------------------------------------------------------- one pass
+def plugin_table(args, report, sizes, rate) -> None:
+    impls = implementations(rate)
+    rows = []
+    for classes in sizes:
+        times = time_both(classes, args.runs, rate)
+        memory = {}
+        for impl in impls:
+            spec = {
+                "task": "memory",
+                "impl": impl,
+                "classes": classes,
+                "batch": BATCH,
+                "rate": rate or 1.0,
+            }
+            memory[impl] = benchlib.run_worker(__file__, spec, backend="tensorflow", timeout=900)
+        medians = {impl: fmt_ms(t) for impl, t in times.items()}
+        print(f"  measured C={classes}: {medians} {memory}", file=sys.stderr, flush=True)
+        matrix = f"{BATCH * classes * 4 / 2**20:,.1f} MB"
+        ours, naive = memory["plugin"], memory["naive"]
+        if isinstance(ours, str) or isinstance(naive, str):
+            mem_cells = [str(ours), str(naive), "-"]
+        else:
+            mem_cells = [fmt_mb(ours), fmt_mb(naive), f"{naive / max(ours, 1.0):.1f}x"]
+        row = [
+            f"{classes:,}",
+            fmt_ms(times["plugin"]),
+            fmt_ms(times["naive"]),
+            fmt_ratio(benchlib.ratios(times["naive"], times["plugin"])),
+            *mem_cells,
+            matrix,
+        ]
+        if rate is not None:
+            sampled = memory["sampled"]
+            row += [
+                fmt_ms(times["sampled"]),
+                sampled if isinstance(sampled, str) else fmt_mb(sampled),
+                fmt_ratio(benchlib.ratios(times["plugin"], times["sampled"])),
+            ]
+        rows.append(row)
+    header = [
+        "classes",
+        "plugin time",
+        "naive time",
+        "time ratio (naive / plugin)",
+        "plugin memory",
+        "naive memory",
+        "memory ratio",
+        "one (B, C) float32 matrix",
+    ]
+    if rate is not None:
+        header += ["sampled time", "sampled memory", "time ratio (plugin / sampled)"]
+    report.add(
+        "margin_softmax" if rate is None else "margin_softmax_sampled",
+        f"ArcFace (s={SCALE:g}, m={MARGIN}), forward + backward (gradients for the features "
+        f"and W) on TensorFlow (`tf.function`), batch {BATCH}, dim {DIM}, float32. Time: "
+        f"median of {args.runs} runs, the implementations taking turns in one process; the "
+        "ratio is the median of the per-run ratios (range in brackets). Memory: peak RSS "
+        "growth of one pass in a fresh process per cell."
+        + ("" if rate is None else f" sampled: sample_rate={rate:g}."),
+        benchlib.table(header, "r" * len(header), rows),
+    )
+
+
+def backends_table(args, report, sizes, backends) -> None:
+    name = "margin_softmax_backends"
+    if not backends:
+        report.add(name, "Per-backend times were not requested (`--backends ''`).")
+        return
+    spec = {"task": "backend", "classes": sizes, "batch": BATCH, "runs": args.runs}
+    results = {}
+    for backend in backends:
+        if backend == "torch":
+            report.used.add("torch")
+        if backend == "tensorflow":  # this process's backend
+            results[backend] = backend_worker(spec)
+        else:
+            results[backend] = benchlib.run_worker(__file__, spec, backend=backend)
+        print(f"  backend {backend}: {results[backend]}", file=sys.stderr, flush=True)
+    rows = []
+    for classes in sizes:
+        cells = []
+        for backend in backends:
+            got = results[backend]
+            got = got if isinstance(got, str) else got[str(classes)]
+            cells.append(got if isinstance(got, str) else benchlib.fmt_times(got))
+        rows.append([f"{classes:,}", *cells])
+    report.add(
+        name,
+        f"The plugin's forward + backward (batch {BATCH}, dim {DIM}; gradients for the "
+        "features and W) per Keras backend (one process each): `tf.function` on TensorFlow, "
+        "`jax.jit` of `jax.value_and_grad` on JAX, eager autograd on PyTorch. Median of "
+        f"{args.runs} runs after a warm-up pass (range in brackets).",
+        benchlib.table(["classes", *backends], "r" * (1 + len(backends)), rows),
+    )
+
+
+def pml_table(args, report, sizes) -> None:
+    name = "margin_softmax_pml"
+    if not benchlib.pml_available():
+        report.add(
+            name,
+            "pytorch-metric-learning is not installed, so the PML comparison was skipped "
+            "(`pip install pytorch-metric-learning` and run again to get it).",
+        )
+        return
+    if not sizes:
+        report.add(name, "The PML comparison was not requested (`--pml-classes` is empty).")
+        return
+    report.used.update({"torch", "pytorch-metric-learning"})
+    spec = {"task": "pml", "classes": sizes, "batch": PML_BATCH, "runs": args.runs}
+    timed = benchlib.run_worker(__file__, spec, backend="torch")
+    rows = []
+    for classes in sizes:
+        memory = {}
+        for impl in ("lossplug", "pml"):
+            spec = {"task": "memory", "impl": impl, "classes": classes, "batch": PML_BATCH}
+            memory[impl] = benchlib.run_worker(__file__, spec, backend="torch", timeout=900)
+        print(f"  PML memory C={classes}: {memory}", file=sys.stderr, flush=True)
+        ours_m, pml_m = memory["lossplug"], memory["pml"]
+        if isinstance(ours_m, str) or isinstance(pml_m, str):
+            mem = [str(ours_m), str(pml_m), "-"]
+        else:
+            mem = [fmt_mb(ours_m), fmt_mb(pml_m), f"{ours_m / max(pml_m, 1.0):.2f}x"]
+        cell = timed if isinstance(timed, str) else timed[str(classes)]
+        if isinstance(cell, str):
+            rows.append([f"{classes:,}", cell, "-", "-", *mem, "-"])
+            continue
+        t, loss = cell["times"], cell["loss"]
+        rows.append(
+            [
+                f"{classes:,}",
+                fmt_ms(t["lossplug"]),
+                fmt_ms(t["pml"]),
+                fmt_ratio(benchlib.ratios(t["lossplug"], t["pml"])),
+                *mem,
+                f"{loss['lossplug']:.4f} / {loss['pml']:.4f}",
+            ]
+        )
+    report.add(
+        name,
+        f"The plugin (PyTorch backend, eager) against pytorch-metric-learning's "
+        f"`ArcFaceLoss(margin={math.degrees(MARGIN):.2f}, scale={SCALE:g})` (PML's margin is "
+        f"in degrees: {MARGIN} rad), the same W, batch {PML_BATCH}, dim {DIM}; forward + "
+        "backward (gradients for the features and W). Time: median of "
+        f"{args.runs} runs taking turns in one process; ratio: median of the per-run ratios "
+        "lossplug / PML (below 1: lossplug is faster; range in brackets). Memory: peak RSS "
+        "growth of one pass, one fresh process per implementation and C.",
+        benchlib.table(
+            [
+                "classes",
+                "lossplug time",
+                "PML time",
+                "time ratio (lossplug / PML)",
+                "lossplug memory",
+                "PML memory",
+                "memory ratio (lossplug / PML)",
+                "mean loss lossplug / PML",
+            ],
+            "rrrrrrrr",
+            rows,
+        ),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="C = 1,000 and 10,000 only")
+    parser.add_argument("--quick", action="store_true", help="C = 1,000 and 10,000, 5 runs")
     parser.add_argument("--classes", type=int, nargs="*")
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--runs", "--repeats", type=int, default=None, help="timed runs (default 9; quick 5)"
+    )
     parser.add_argument(
         "--sample-rate",
         type=float,
         help="add the plugin with this sample_rate (the rate of --train, default 0.1)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated Keras backends for margin_softmax_backends.md (default: the "
+        "installed ones of tensorflow, jax, torch; empty: skip)",
+    )
+    parser.add_argument(
+        "--pml-classes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="class counts of the PML comparison (default 10000 100000; quick 10000; empty: skip)",
     )
     parser.add_argument(
         "--train",
@@ -391,68 +664,50 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=5000, help="--train compare")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--lr", type=float, default=0.1, help="--train: learning rate")
-    parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--train-worker", help=argparse.SUPPRESS)
+    benchlib.add_output_arguments(parser)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_worker:
-        impl, classes, rate = args.memory_worker
-        print(json.dumps(memory_worker(impl, int(classes), float(rate))))
+    handlers = {
+        "memory": memory_worker,
+        "backend": backend_worker,
+        "pml": pml_worker,
+        "train": train_worker,
+    }
+    if benchlib.worker_main(handlers):
         return
-    if args.train_worker:
-        print(json.dumps(train_worker(json.loads(args.train_worker))))
-        return
+    sizing = ["classes", "runs", "sample_rate", "pml_classes"]
     if args.train:
-        train_main(args)
+        sizing = [
+            "classes",
+            "dim",
+            "batch",
+            "steps",
+            "epochs",
+            "samples_per_class",
+            "eval_samples",
+            "optimizer",
+            "lr",
+        ]
+    report = benchlib.Report(args, benchlib.run_kind(parser, args, sizing))
+    if args.train:
+        train_main(args, report)
+        report.finish()
         return
-    rate = args.sample_rate
-    impls = implementations(rate)
+    os.environ["KERAS_BACKEND"] = "tensorflow"  # this process: the TensorFlow table
+    args.runs = args.runs or (5 if args.quick else 9)
     sizes = args.classes or ([1000, 10000] if args.quick else [1000, 10000, 100000])
+    if args.pml_classes is None:
+        args.pml_classes = [10000] if args.quick else [10000, 100000]
+    if args.backends is None:
+        backends = benchlib.installed_backends()
+    else:
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     started = time.perf_counter()
-    rows = []
-    for classes in sizes:
-        times = time_both(classes, args.repeats, rate)
-        memory = {impl: measure_memory(impl, classes, rate or 1.0) for impl in impls}
-        rows.append((classes, times, memory))
-        print(f"  measured C={classes}: {times} {memory}", file=sys.stderr, flush=True)
-
-    print(
-        f"\nArcFace (s={SCALE:g}, m={MARGIN}), forward + backward (gradients for the features "
-        f"and W), batch {BATCH}, dim {DIM}, float32, {os.cpu_count()} CPU cores. Time: median "
-        "of repeats, the implementations interleaved in one process. Memory: peak RSS growth "
-        "of one pass in a fresh process per cell."
-        + ("" if rate is None else f" sampled: sample_rate={rate:g}.")
-        + "\n"
-    )
-    header = (
-        "| classes | plugin time | naive time | time ratio (naive / plugin) | plugin memory | "
-        "naive memory | memory ratio | one (B, C) float32 matrix |"
-    )
-    rule = "|---:|---:|---:|---:|---:|---:|---:|---:|"
-    if rate is not None:
-        header += " sampled time | sampled memory | time ratio (plugin / sampled) |"
-        rule += "---:|---:|---:|"
-    print(header)
-    print(rule)
-    for classes, times, memory in rows:
-        matrix = f"{BATCH * classes * 4 / 2**20:,.1f} MB"
-        ours, naive = memory["plugin"], memory["naive"]
-        if isinstance(ours, str) or isinstance(naive, str):
-            mem_cells = (str(ours), str(naive), "-")
-        else:
-            mem_cells = (fmt_mb(ours), fmt_mb(naive), f"{naive / max(ours, 1.0):.1f}x")
-        line = (
-            f"| {classes:,} | {times['plugin'] * 1e3:,.1f} ms | {times['naive'] * 1e3:,.1f} ms | "
-            f"{times['naive'] / times['plugin']:.2f}x | {mem_cells[0]} | {mem_cells[1]} | "
-            f"{mem_cells[2]} | {matrix} |"
-        )
-        if rate is not None:
-            sampled = memory["sampled"]
-            sampled_mem = sampled if isinstance(sampled, str) else fmt_mb(sampled)
-            line += (
-                f" {times['sampled'] * 1e3:,.1f} ms | {sampled_mem} | "
-                f"{times['plugin'] / times['sampled']:.2f}x |"
-            )
-        print(line)
+    plugin_table(args, report, sizes, args.sample_rate)
+    if args.sample_rate is None:  # the sampled variant is a table of its own, nothing else
+        backends_table(args, report, sizes, backends)
+        pml_table(args, report, args.pml_classes)
+    report.finish()
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 

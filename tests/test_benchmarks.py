@@ -1,11 +1,15 @@
-"""The benchmarks in benchmarks/ still run (smallest sizes; their numbers live in docs/).
+"""The benchmarks in benchmarks/ still run and write the tables the docs include.
 
-These are smoke runs, not timings: each benchmark must finish and print its table with
-positive, finite numbers, so that the commands in docs/performance*.md stay true.
+These are smoke runs, not timings: each script runs its smallest configuration with
+``--out`` into a temporary directory (so docs/generated/ is never touched) and must
+write Markdown files that start with the run's header line (date, command, machine,
+versions, load average) and hold a table of positive, finite numbers; every file of
+docs/generated/ that the docs include must be one of the files its script writes.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -16,64 +20,170 @@ from pathlib import Path
 import pytest
 
 # The benchmark scripts measure against hand-written TensorFlow baselines in one process:
-# they run on the TensorFlow backend (docs/performance.md).
+# they run on the TensorFlow backend (docs/performance.md). Other backends, each in a
+# worker process, are left out here to keep the runs short.
 pytestmark = [pytest.mark.e2e, pytest.mark.backends("tensorflow")]
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+INCLUDE = re.compile(r'^--8<-- "docs/generated/([^"]+)"', re.MULTILINE)
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+HEADER = re.compile(
+    r"^Measured \d{4}-\d\d-\d\d \d\d:\d\d UTC, (full|quick|custom) run.*: "
+    r"`python benchmarks/bench_\w+\.py[^`]*--out [^`]+` \(\d+ s\)\. "
+    r"Machine: .+, \d+ cores, [\d.]+ GiB RAM, .+\. "
+    r"Python [\d.]+, Keras [\w.]+, TensorFlow [\w.]+, JAX [\w. ]+.*\. "
+    r"Load average \(1 min\): [\d.?]+ at start, [\d.?]+ at end\.$"
+)
+PML = importlib.util.find_spec("pytorch_metric_learning") is not None
 
 
-def run_benchmark(*args: str) -> str:
+def doc_includes() -> set[str]:
+    """The docs/generated/ files the pages include."""
+    return {
+        name for page in (ROOT / "docs").rglob("*.md") for name in INCLUDE.findall(page.read_text())
+    }
+
+
+def run_benchmark(tmp_path: Path, script: str, *args: str) -> dict[str, str]:
+    """Run one script with --out; return the files it wrote, by name."""
+    out = tmp_path / "generated"
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / args[0]), *args[1:]],
+        [sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    files = {path.name: path.read_text("utf-8") for path in sorted(out.glob("*.md"))}
+    assert files, done.stdout[-3000:]
+    for name, text in files.items():
+        assert text in done.stdout, f"{name} is written but not printed"
+    prefix = script.removeprefix("bench_").removesuffix(".py")
+    included = {n for n in doc_includes() if n == f"{prefix}.md" or n.startswith(f"{prefix}_")}
+    assert included <= set(files), f"the docs include files {script} does not write"
+    return files
 
 
-def test_train_step_benchmark_prints_ratios():
-    out = run_benchmark("bench_train_step.py", "--quick", "--rounds", "1")
-    rows = re.findall(r"^\s+(False|True)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.MULTILINE)
-    assert [row[0] for row in rows] == ["False", "True"], out
-    for _, hand, ours, ratio in rows:
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the Markdown tables in ``text``, as lists of cells."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    rows = []
+    for i, line in enumerate(lines):
+        rule = re.fullmatch(r"\|(-+:?\|)+", line)
+        header = i + 1 < len(lines) and re.fullmatch(r"\|(-+:?\|)+", lines[i + 1])
+        if not rule and not header:
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def check_generated(text: str) -> list[list[str]]:
+    """Header line, a table, and positive finite numbers in every row; returns the rows."""
+    first = text.splitlines()[0]
+    assert HEADER.match(first), first
+    rows = table_rows(text)
+    assert rows, text
+    for row in rows:
+        values = [float(n.replace(",", "")) for cell in row[1:] for n in NUMBER.findall(cell)]
+        assert values, row
+        assert all(math.isfinite(v) and v >= 0 for v in values), row
+    return rows
+
+
+def test_train_step_benchmark_writes_ratios(tmp_path):
+    files = run_benchmark(
+        tmp_path,
+        "bench_train_step.py",
+        "--quick",
+        "--runs",
+        "1",
+        "--steps",
+        "3",
+        "--backends",
+        "tensorflow",
+    )
+    rows = check_generated(files["train_step.md"])
+    assert [(row[0], row[1]) for row in rows] == [("tensorflow", "False"), ("tensorflow", "True")]
+    for _, _, shape, hand, ours, ratio, *_ in rows:
+        assert shape == "1 x 5"  # at least 5 steps per round
         hand, ours, ratio = float(hand), float(ours), float(ratio)
         assert hand > 0 and ours > 0
+        # one round: the median of per-round ratios is the ratio of the medians
         assert ratio == pytest.approx(ours / hand, abs=2e-3)
 
 
-def test_list_benchmark_prints_times():
-    out = run_benchmark("bench_list.py", "--count", "5", "--repeats", "1")
-    times = re.findall(r"([\d.]+) ms", out)
-    assert len(times) == 3, out
-    assert all(0 < float(t) < math.inf for t in times)
+def test_list_benchmark_writes_times(tmp_path):
+    files = run_benchmark(tmp_path, "bench_list.py", "--count", "5", "--runs", "1")
+    rows = check_generated(files["list.md"])
+    assert len(rows) == 3
+    assert all(row[1].endswith(" ms") for row in rows)
+    assert rows[1][2] == "1.00x"  # the reference row
 
 
 @pytest.mark.parametrize(
-    ("script", "args", "first_column"),
+    ("script", "args", "main", "first_column"),
     [
-        ("bench_triplet.py", ["--sizes", "32", "--repeats", "1"], "batch_all"),
-        ("bench_margin_softmax.py", ["--classes", "100", "--repeats", "1"], "100"),
+        (
+            "bench_triplet.py",
+            ["--sizes", "32", "--runs", "1", "--strategies", "batch_all"],
+            "triplet.md",
+            "batch_all",
+        ),
+        (
+            "bench_margin_softmax.py",
+            ["--classes", "100", "--runs", "1"],
+            "margin_softmax.md",
+            "100",
+        ),
     ],
 )
-def test_plugin_benchmarks_print_their_tables(script, args, first_column):
-    out = run_benchmark(script, *args)
-    table = [line for line in out.splitlines() if line.startswith(f"| {first_column} |")]
-    assert table, out
-    assert "x |" in table[0] and "MB" in table[0]
+def test_plugin_benchmarks_write_their_tables(tmp_path, script, args, main, first_column):
+    pml = "--pml-sizes" if script == "bench_triplet.py" else "--pml-classes"
+    files = run_benchmark(tmp_path, script, *args, "--backends", "tensorflow", pml)
+    rows = check_generated(files[main])
+    assert [row[0] for row in rows] == [first_column]
+    assert any(cell.endswith("x") for cell in rows[0]) and any("MB" in c for c in rows[0])
+    backends = check_generated(files[main.replace(".md", "_backends.md")])
+    assert [row[0] for row in backends] == [first_column]
+    assert backends[0][-1].endswith(" ms")
+    skipped = files[main.replace(".md", "_pml.md")]
+    assert HEADER.match(skipped.splitlines()[0])
+    assert ("not requested" if PML else "not installed") in skipped
 
 
-def test_center_rate_benchmark_prints_both_rules():
-    out = run_benchmark("bench_center_rate.py", "--steps", "2")
-    assert out.startswith("date: ") and "\nmachine: " in out
-    rows = re.findall(r"^\| (gradient|paper) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)
-    assert [(rule, alpha) for rule, alpha, *_ in rows] == [
+@pytest.mark.skipif(not PML, reason="pytorch-metric-learning is not installed")
+@pytest.mark.parametrize(
+    ("script", "args", "name"),
+    [
+        (
+            "bench_triplet.py",
+            ["--sizes", "32", "--strategies", "batch_hard", "--pml-sizes", "32"],
+            "triplet_pml.md",
+        ),
+        (
+            "bench_margin_softmax.py",
+            ["--classes", "100", "--pml-classes", "100"],
+            "margin_softmax_pml.md",
+        ),
+    ],
+)
+def test_plugin_benchmarks_compare_with_pml(tmp_path, script, args, name):
+    files = run_benchmark(tmp_path, script, *args, "--runs", "1", "--backends", "")
+    (row,) = check_generated(files[name])
+    assert "torch" in files[name].splitlines()[0] and "pytorch-metric-learning" in files[name]
+    lossplug, pml = (float(v) for v in row[-1].split(" / "))
+    assert lossplug == pytest.approx(pml, rel=1e-4)  # the same loss (batch_hard, ArcFace)
+
+
+def test_center_rate_benchmark_writes_both_rules(tmp_path):
+    files = run_benchmark(tmp_path, "bench_center_rate.py", "--steps", "2", "--runs", "1")
+    rows = check_generated(files["center_rate.md"])
+    assert [(row[0], row[1]) for row in rows] == [
         ("gradient", "0.1"),
         ("gradient", "1.0"),
         ("paper", "0.1"),
         ("paper", "1.0"),
-    ], out
-    assert all(float(first) > 0 and float(mean) > 0 for *_, first, mean in rows)
+    ]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
     # the paper's rule: the first step is alpha times as long
-    assert re.search(r"^\| paper \| 0\.1 \|.*\| 0\.100 \|", out, re.M), out
+    assert rows[2][4] == "0.100"

@@ -152,6 +152,30 @@ def test_quickstart_code_runs_as_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.backend_independent
+def test_benchmark_tables_the_docs_include_exist() -> None:
+    """Every ``--8<-- "docs/generated/..."`` include names a file a benchmark generated.
+
+    The pages show no hand-typed benchmark numbers: they include the tables the scripts in
+    benchmarks/ write (``--write``), each headed by the run's record (mkdocs' snippets
+    ``check_paths`` fails the build on a missing file too).
+    """
+    includes = {
+        (page.relative_to(ROOT), name)
+        for page in sorted(DOCS.rglob("*.md"))
+        for name in re.findall(r'^--8<-- "(docs/generated/[^"]+)"$', page.read_text("utf-8"), re.M)
+    }
+    pages = {str(page) for page, _ in includes}
+    assert {"docs/performance.md", "docs/performance-plugins.md"} <= pages
+    for page, name in includes:
+        path = ROOT / name
+        assert path.is_file(), f"{page} includes {name}, which no benchmark has written"
+        first = path.read_text("utf-8").splitlines()[0]
+        assert first.startswith("Measured ") and "Load average" in first, f"{name}: {first}"
+    # the generated files are fragments for the pages, not pages of their own
+    assert "generated/" in (ROOT / "mkdocs.yml").read_text("utf-8")
+
+
+@pytest.mark.backend_independent
 def test_readme_lists_every_plugin_distribution() -> None:
     readme = (ROOT / "README.md").read_text("utf-8")
     for pyproject in sorted((ROOT / "plugins").glob("*/pyproject.toml")):

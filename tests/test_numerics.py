@@ -338,8 +338,9 @@ def test_clipped_binary_probabilities_clip_the_complement_itself():
         with float64_available():
             _, complement = numerics.clipped_binary_probabilities(keras.ops.ones((1,), dtype))
             expected = np.asarray(EPS, dtype) if dtype != "float16" else np.float16(EPS)
-            # (Keras' torch backend clips float64 at eps rounded to float32: 1e-7 * (1 + 1e-8))
-            assert keras.ops.convert_to_numpy(complement)[0] == pytest.approx(expected, rel=1e-7)
+            # float64: eps itself, not eps rounded to float32 (as Keras' torch clip would)
+            rel = 1e-15 if dtype == "float64" else 1e-7
+            assert keras.ops.convert_to_numpy(complement)[0] == pytest.approx(expected, rel=rel)
 
 
 # ----------------------------------------------------------------- reductions
@@ -365,3 +366,128 @@ def test_reduce_trailing_sums_or_averages_every_axis_but_the_batch_axis(values):
 def test_reduce_trailing_refuses_an_unknown_reduction():
     with pytest.raises(ValueError, match=r"reduction must be one of \('sum', 'mean'\), got 'max'"):
         numerics.reduce_trailing(keras.ops.zeros((2, 3)), "max")
+
+
+# ----------------------------------------------------------------- float64-exact ops
+THIRD = 1.0 / 3.0  # not a float32 number: a constant Keras' torch ops would round
+#: case -> (the helper on tensors a[, b], its NumPy float64 reference, arity)
+FLOAT64_OPS = {
+    "maximum": (numerics.maximum, np.maximum, 2),
+    "maximum of a number": (
+        lambda a: numerics.maximum(a, THIRD),
+        lambda a: np.maximum(a, THIRD),
+        1,
+    ),
+    "minimum": (numerics.minimum, np.minimum, 2),
+    "minimum of a number": (
+        lambda a: numerics.minimum(THIRD, a),
+        lambda a: np.minimum(THIRD, a),
+        1,
+    ),
+    "clip": (lambda a: numerics.clip(a, -THIRD, THIRD), lambda a: np.clip(a, -THIRD, THIRD), 1),
+    "matmul": (
+        lambda a, b: numerics.matmul(keras.ops.reshape(a, (2, 4)), keras.ops.reshape(b, (4, 2))),
+        lambda a, b: a.reshape(2, 4) @ b.reshape(4, 2),
+        2,
+    ),
+    "cumsum": (lambda a: numerics.cumsum(a, 0), np.cumsum, 1),
+    "floor": (lambda a: numerics.floor(a * 3.0), lambda a: np.floor(a * 3.0), 1),
+    "cos": (numerics.cos, np.cos, 1),
+    "arctan2": (numerics.arctan2, np.arctan2, 2),
+    "logaddexp": (numerics.logaddexp, np.logaddexp, 2),
+    "mean": (numerics.mean, np.mean, 1),
+}
+#: values of either sign, magnitudes 1e-3 to 10, some 1e-12 below a multiple of 1/3
+float64_values = hnp.arrays(
+    np.float64,
+    (8,),
+    elements=st.one_of(
+        st.floats(-10.0, 10.0).filter(lambda v: abs(v) > 1e-3),
+        st.integers(-30, 30).map(lambda k: k / 3.0 - 1e-12),
+    ),
+)
+
+
+def _binary(case):
+    """The helper of ``case`` as a function of (a, b) (unary helpers ignore b)."""
+    helper, _, arity = FLOAT64_OPS[case]
+    return (lambda a, b: helper(a, b)) if arity == 2 else (lambda a, b: helper(a))
+
+
+def _run_case(case, a, b, dtype="float64"):
+    """The helper of ``case`` on a, b cast to ``dtype``: (result tensor, NumPy float64 ref)."""
+    _, reference, arity = FLOAT64_OPS[case]
+    x, y = (keras.ops.cast(keras.ops.convert_to_tensor(v), dtype) for v in (a, b))
+    return _binary(case)(x, y), reference(*(a, b)[:arity])
+
+
+@pytest.mark.parametrize("case", sorted(FLOAT64_OPS))
+@given(a=float64_values, b=float64_values)
+@SETTINGS
+def test_float64_ops_compute_in_float64_on_every_backend(case, a, b):
+    """float64 in, float64 out, within a few float64 roundings of NumPy (float32: ~1e-7)."""
+    out, expected = _run_case(case, a, b)
+    assert keras.backend.standardize_dtype(out.dtype) == "float64"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", sorted(set(FLOAT64_OPS) - {"mean"}))  # mean: sum / count
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_float64_ops_are_the_keras_ops_for_other_dtypes(case, dtype, monkeypatch):
+    """Below float64 nothing changes: the helper calls the Keras op and returns its result."""
+    a, b = np.random.default_rng(0).uniform(-3.0, 3.0, size=(2, 8))
+    name = case.split(" ")[0]
+    keras_op, calls = getattr(keras.ops, name), []
+    monkeypatch.setattr(keras.ops, name, lambda *args: calls.append(args) or keras_op(*args))
+    out, _ = _run_case(case, a, b, dtype)
+    assert len(calls) == 1
+    expected = keras_op(*calls[0])
+    assert out.dtype == expected.dtype
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(expected, "float32")),
+    )
+
+
+#: case -> the NumPy float64 gradients of sum(helper(a, b)) with respect to a and b
+FLOAT64_GRADIENTS = {
+    "cos": lambda a, b: (-np.sin(a), np.zeros_like(b)),
+    "arctan2": lambda a, b: (b / (a * a + b * b), -a / (a * a + b * b)),
+    "logaddexp": lambda a, b: (1 / (1 + np.exp(b - a)), 1 / (1 + np.exp(a - b))),
+    "maximum": lambda a, b: ((a > b) * 1.0, (a < b) * 1.0),
+    "matmul": lambda a, b: (
+        np.tile(b.reshape(4, 2).sum(1), 2),
+        np.repeat(a.reshape(2, 4).sum(0), 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLOAT64_GRADIENTS))
+@given(a=float64_values, b=float64_values)
+@SETTINGS
+def test_float64_ops_have_float64_gradients(case, a, b):
+    """The backend's autodiff through the helpers is float64-exact too: the kit's float64
+    finite differences compare against it."""
+    from lossplug.testing import value_and_gradients
+
+    b = np.where(a == b, b + 1.0, b)  # no ties: maximum's derivative is 0 or 1
+    _, grads = value_and_gradients(_binary(case), {"a": a, "b": b})
+    for got, want in zip((grads["a"], grads["b"]), FLOAT64_GRADIENTS[case](a, b), strict=True):
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_every_backend_replacement_is_a_keras_op_with_a_helper():
+    for name in backend.current().FLOAT64_OPS:
+        assert callable(getattr(keras.ops, name)) and callable(getattr(numerics, name))
+        assert name in FLOAT64_OPS, f"numerics.{name} needs a case in FLOAT64_OPS"
+
+
+def test_canary_keras_still_computes_float64_in_float32_off_tensorflow():
+    """Keras 3.15's dtype promotion maps float64 to float32 on JAX and torch (its
+    ``BIT64_TO_BIT32_DTYPE``), which is why the float64 helpers exist. When this fails
+    Keras keeps float64, and the helpers and ``FLOAT64_OPS`` can go (docs/decisions.md)."""
+    narrowed = "float64" if backend.name() == "tensorflow" else "float32"
+    assert keras.backend.result_type("float64") == narrowed
+    x = keras.ops.convert_to_tensor(np.full((2,), 0.1))
+    assert keras.backend.standardize_dtype(keras.ops.floor(x).dtype) == narrowed

@@ -7,9 +7,10 @@ backend's ``train_step`` (:mod:`lossplug.backend`) applies the optimizer update
 and the plugins' state updates only if ``ok``; otherwise nothing changes, not
 even the optimizer's step count. Checking costs a few reductions per step.
 
-:class:`TrainingCallback` (added by ``LossModel.fit``) then reads the step's
-logs: a term whose running mean is NaN or infinite stops training with a
-:class:`lossplug.NonFiniteLossError` naming the term, the epoch and the batch.
+:class:`TrainingCallback` (added by ``LossModel.fit``) then reads the guard
+(after the first batch of an epoch, every half second and at the epoch's end):
+a failed step stops training with a :class:`lossplug.NonFiniteLossError` naming
+the term whose running mean is NaN or infinite, the epoch and the batch.
 The weights, the optimizer and the plugins' state are left as they were before
 that batch. Errors recorded inside compiled steps (:mod:`lossplug.runtime`,
 e.g. class ids out of range) are raised by the same callback.
@@ -18,6 +19,7 @@ e.g. class ids out of range) are raised by the same callback.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,25 +42,40 @@ class StepGuard(keras.metrics.Metric):
 
     def __init__(self, name: str = "lossplug_step_guard", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        self.failed = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="failed")
-        #: the optimizer step at which the first failure happened
-        self.step = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="step")
+
+        def variable(name: str, shape: tuple[int, ...] = ()) -> Any:
+            # Every replica holds the same values: read the first one's, never their sum.
+            return self.add_variable(
+                shape=shape,
+                initializer="zeros",
+                dtype="int32",
+                aggregation="only_first_replica",
+                name=name,
+            )
+
+        self.failed = variable("failed")
+        #: training steps of this epoch so far (applied or not)
+        self.batches = variable("batches")
+        #: the batch (of this epoch) whose step failed first
+        self.step = variable("step")
         #: a failed check the compiler could not report (lossplug.runtime.check): its
         #: factory id (0: none) and its two values
-        self.check = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="check")
-        self.values = self.add_variable(
-            shape=(2,), initializer="zeros", dtype="int32", name="values"
-        )
+        self.check = variable("check")
+        self.values = variable("values", (2,))
 
     def update_state(self, *args: Any, **kwargs: Any) -> None:
-        """Nothing: the guard is set by :meth:`fail`."""
+        """Nothing: the guard is set by :meth:`count` and :meth:`fail`."""
 
-    def fail(self, step: Any, when: Any = None) -> None:
-        """Record a skipped step (at optimizer step ``step``); only where ``when``, if given."""
+    def count(self) -> None:
+        """One more training step in this epoch (called once per step, before :meth:`fail`)."""
+        self.batches.assign(self.batches.value + 1)
+
+    def fail(self, when: Any = None) -> None:
+        """Record that this step is skipped; only where ``when``, if given."""
         first = self.failed.value == 0
         if when is not None:
             first = ops.logical_and(first, when)
-        self.step.assign(ops.where(first, ops.cast(step, "int32"), self.step.value))
+        self.step.assign(ops.where(first, self.batches.value - 1, self.step.value))
         failed = ops.ones((), "int32")
         self.failed.assign(failed if when is None else ops.where(when, failed, self.failed.value))
 
@@ -118,8 +135,22 @@ def _who(b: Any) -> str:
     return b.who
 
 
+#: Seconds between two reads of the guard within a training epoch (after the first batch).
+POLL_SECONDS = 0.5
+
+
 class TrainingCallback(keras.callbacks.Callback):
-    """Feeds the epoch to the terms; stops on a non-finite term or a recorded error."""
+    """Feeds the epoch to the terms; stops on a failed step or a recorded error.
+
+    A failed step is never applied, and every later step of the epoch is skipped
+    too (:class:`StepGuard`), so the callback need not look after every batch: it
+    reads the guard after the first batch of each epoch, then at most every
+    :data:`POLL_SECONDS`, and at the end of the epoch. The guard holds the optimizer
+    step of the first failure, so the error names that batch exactly, however late
+    it is read. Reading the guard waits for the device; defining no per-batch end
+    hook lets Keras dispatch the steps (and the other callbacks) asynchronously
+    where the backend allows it (JAX, PyTorch), as for a plain Keras model.
+    """
 
     def __init__(self, model: Any, *, check_finite: bool) -> None:
         super().__init__()
@@ -127,8 +158,8 @@ class TrainingCallback(keras.callbacks.Callback):
         self._check_finite = check_finite
         self._epoch = 0
         self._batch = 0
-        self._epoch_start_step = 0
         self._phase = "training"
+        self._last_poll: float | None = None
 
     # The owner, not ``self.model``: Keras sets ``model`` on callbacks late in evaluate.
     def on_train_begin(self, logs: Any = None) -> None:
@@ -141,16 +172,21 @@ class TrainingCallback(keras.callbacks.Callback):
         owner = self._owner
         owner.set_epoch(epoch)
         self._epoch = epoch
-        optimizer = getattr(owner, "optimizer", None)
-        self._epoch_start_step = (
-            int(ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else 0
-        )
+        self._last_poll = None
 
     def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        if batch > 0 and self._poll_due():
+            self._check_epoch(None)
         self._batch, self._phase = batch, "training"
 
     def on_test_batch_begin(self, batch: int, logs: Any = None) -> None:
         self._batch, self._phase = batch, "evaluation"
+
+    def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._raise_reported(batch, "evaluation")
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self._check_epoch(logs)
 
     def note(self, error: LossplugError) -> None:
         """Say where an error raised during a step (eagerly) happened, once."""
@@ -165,29 +201,76 @@ class TrainingCallback(keras.callbacks.Callback):
         else:
             error.add_note(f"(found in evaluation, batch {self._batch})")
 
-    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self._raise_reported(batch, "training")
-        if self._check_finite:
-            self._check_logs(batch, logs or {})
-
-    def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
-        self._raise_reported(batch, "evaluation")
-
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        if not self._check_finite:
-            return
-        guard = self._owner._lossplug_guard
-        if int(ops.convert_to_numpy(guard.failed)):  # a step failed with finite logs
-            self._stop(
-                NonFiniteLossError(
-                    f"a training step of epoch {epoch} had a non-finite gradient (every loss "
-                    "term was finite). That step and the rest of the epoch were skipped: the "
-                    "weights, the optimizer and the plugins' state are those from before it. "
-                    "Check the plugins' gradients (lossplug check NAME) and the data."
-                )
-            )
-
     # ------------------------------------------------------------------ helpers
+    def _poll_due(self) -> bool:
+        now = time.monotonic()
+        if self._last_poll is not None and now - self._last_poll < POLL_SECONDS:
+            return False
+        self._last_poll = now
+        return True
+
+    def _check_epoch(self, logs: dict[str, Any] | None) -> None:
+        """Stop with the error of the epoch's first failed step, if a step failed.
+
+        ``logs``: the epoch's logs where Keras gives them, else read from the model.
+        """
+        from . import backend
+
+        if not self._check_finite:
+            self._raise_reported(self._batch, "training")
+            return
+        owner = self._owner
+        backend.current().sync_training_state(owner)  # JAX: the guard lives in fit's state
+        guard = owner._lossplug_guard
+        reported = runtime.take_reported()
+        if not int(ops.convert_to_numpy(guard.failed)):
+            if reported is not None:  # not from a training step: raise it as it is
+                self._report(reported, self._batch)
+            return
+        first = int(ops.convert_to_numpy(guard.step))
+        error = reported if reported is not None else guard.recorded_error()
+        if error is not None:
+            self._report(error, first)
+        if logs is None:
+            logs = {k: ops.convert_to_numpy(v) for k, v in owner.get_metrics_result().items()}
+        self._stop(self._non_finite_error(first, logs))
+
+    def _non_finite_error(self, first: int, logs: dict[str, Any]) -> NonFiniteLossError:
+        bad = [
+            b
+            for b in self._owner._lossplug_terms_bound()
+            if b.name in logs and b.trained and not _finite(logs[b.name])
+        ]
+        where = f"epoch {self._epoch}, batch {first}"
+        if bad:
+            values = ", ".join(f"{b.name}={float(np.asarray(logs[b.name]))}" for b in bad)
+            culprit = " and ".join(_who(b) for b in bad)
+            subject = f"{culprit} produced a non-finite loss ({values}) at {where}"
+            hints = [_hint(b) for b in bad]
+        elif "loss" in logs and not _finite(logs["loss"]):
+            subject = (
+                f"the loss is non-finite ({logs['loss']}) at {where}, while every term is "
+                "finite: a layer loss (activity or weight regulariser) is NaN or infinite"
+            )
+            hints = ["check the layers' regularisers and the data"]
+        else:
+            subject = (
+                f"the training step at {where} had a non-finite gradient (every loss term "
+                "was finite)"
+            )
+            hints = ["Check the plugins' gradients (lossplug check NAME), the layers and the data."]
+        return NonFiniteLossError(
+            f"{subject}. Training stopped and that step was not applied: the model's "
+            f"weights, the optimizer and the plugins' state are those from before batch "
+            f"{first} (compile(check_finite=False) turns this check off). "
+            + " ".join(dict.fromkeys(hints))
+        )
+
+    def _report(self, error: LossplugError, batch: int) -> None:
+        self._batch, self._phase = batch, "training"
+        self.note(error)
+        self._stop(error)
+
     def _stop(self, error: LossplugError) -> None:
         from . import backend
 
@@ -204,53 +287,13 @@ class TrainingCallback(keras.callbacks.Callback):
         self.note(error)
         self._stop(error)
 
-    def _check_logs(self, batch: int, logs: dict[str, Any]) -> None:
-        owner = self._owner
-        bad = []
-        for b in owner._lossplug_terms_bound():
-            if b.name in logs and b.trained and not _finite(logs[b.name]):
-                bad.append(b)
-        if not bad and ("loss" not in logs or _finite(logs["loss"])):
-            return
-        first = self._failed_batch(batch)
-        recorded = self._owner._lossplug_guard.recorded_error()  # the state is synced now
-        if recorded is not None:
-            self._batch, self._phase = first, "training"
-            self.note(recorded)
-            self._stop(recorded)
-        where = f"epoch {self._epoch}, batch {first}"
-        if bad:
-            values = ", ".join(f"{b.name}={float(np.asarray(logs[b.name]))}" for b in bad)
-            culprit = " and ".join(_who(b) for b in bad)
-            subject = f"{culprit} produced a non-finite loss ({values}) at {where}"
-            hints = [_hint(b) for b in bad]
-        else:
-            subject = (
-                f"the loss is non-finite ({logs['loss']}) at {where}, while every term is "
-                "finite: a layer loss (activity or weight regulariser) is NaN or infinite"
-            )
-            hints = ["check the layers' regularisers and the data"]
-        self._stop(
-            NonFiniteLossError(
-                f"{subject}. Training stopped and that step was not applied: the model's "
-                f"weights, the optimizer and the plugins' state are those from before batch "
-                f"{first} (compile(check_finite=False) turns this check off). "
-                + " ".join(dict.fromkeys(hints))
-            )
-        )
 
-    def _failed_batch(self, batch: int) -> int:
-        """The batch whose step failed (with steps_per_execution > 1: the first failed one)."""
-        from . import backend
+class UnguardedTrainingCallback(TrainingCallback):
+    """``compile(check_finite=False)``: no guard to read; errors recorded by a step are
+    raised after that very batch (Keras then runs the callbacks synchronously)."""
 
-        owner = self._owner
-        backend.current().sync_training_state(owner)
-        if getattr(owner, "steps_per_execution", 1) <= 1:
-            return batch
-        guard = owner._lossplug_guard
-        if int(ops.convert_to_numpy(guard.failed)):
-            return int(ops.convert_to_numpy(guard.step)) - self._epoch_start_step
-        return batch
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._raise_reported(batch, "training")
 
 
 def _finite(value: Any) -> bool:
@@ -273,4 +316,4 @@ def _hint(b: Any) -> str:
     )
 
 
-__all__ = ["StepGuard", "StepRecord", "TrainingCallback", "all_finite"]
+__all__ = ["StepGuard", "StepRecord", "TrainingCallback", "UnguardedTrainingCallback", "all_finite"]

@@ -61,6 +61,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .numerics import cumsum, maximum
 from .pairs import label_masks, masked_argmax, masked_argmin, safe_divide
 
 __all__ = [
@@ -293,7 +294,7 @@ def batch_all(
     # thresholds t = m + D[a, p] in ascending order, padding (-1) first
     thresholds = ops.flip(ops.where(is_pos, margin + pos_distances, -1.0), axis=1)
     width = ops.shape(thresholds)[1]
-    suffix = ops.flip(ops.cumsum(ops.flip(thresholds, axis=1), axis=1), axis=1)
+    suffix = ops.flip(cumsum(ops.flip(thresholds, axis=1), axis=1), axis=1)
     suffix = ops.concatenate([suffix, ops.zeros_like(suffix[:, :1])], axis=1)
     below = _searchsorted_rows(thresholds, distances, "right")  # thresholds <= D[a, n]
     above = ops.cast(width - below, dtype)
@@ -327,7 +328,7 @@ def semi_hard(
     pos_distances, is_pos = _positive_distances(distances, positive, n_pos)
     # index of the first negative strictly farther than the positive, else the last one
     farther = _searchsorted_rows(neg_sorted, pos_distances, "right")
-    last = ops.cast(ops.maximum(n_neg - 1.0, 0.0), "int32")[:, None]
+    last = ops.cast(maximum(n_neg - 1.0, 0.0), "int32")[:, None]
     chosen = _take_rows(neg_sorted, ops.minimum(farther, last))
     valid_pair = ops.logical_and(is_pos, (n_neg > 0)[:, None])
     hinge = ops.where(valid_pair, ops.relu(margin + pos_distances - chosen), 0.0)

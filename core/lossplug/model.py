@@ -44,7 +44,7 @@ from .errors import (
     UnknownTermError,
 )
 from .extras import Extras, _Hidden
-from .guard import StepGuard, StepRecord, TrainingCallback, all_finite
+from .guard import StepGuard, StepRecord, TrainingCallback, UnguardedTrainingCallback, all_finite
 from .registry import registry
 from .schedules import Constant, Schedule
 from .specs import Kind, Source
@@ -611,6 +611,7 @@ class LossModel(_Trainer, keras.Model):
         """Scalar bool: this step may be applied (see :mod:`lossplug.guard`)."""
         if not self._lossplug.value["check_finite"]:
             return ops.convert_to_tensor(True)
+        self._lossplug_guard.count()
         ok = record.finite
         if gradients is not None and not isinstance(
             self.optimizer, keras.optimizers.LossScaleOptimizer
@@ -678,7 +679,9 @@ class LossModel(_Trainer, keras.Model):
             raise
 
     def _lossplug_callback(self) -> TrainingCallback:
-        return TrainingCallback(self, check_finite=self._lossplug.value["check_finite"])
+        if self._lossplug.value["check_finite"]:
+            return TrainingCallback(self, check_finite=True)
+        return UnguardedTrainingCallback(self, check_finite=False)
 
     # ------------------------------------------------------------------ save
     def get_compile_config(self) -> dict[str, Any] | None:

@@ -9,7 +9,11 @@ not import this module; the attribute ``lossplug.numerics`` imports it on first 
 Conventions (every helper follows them):
 
 * compute dtype: float64 inputs are computed in float64, everything else
-  (float16, bfloat16, float32, integers) in float32;
+  (float16, bfloat16, float32, integers) in float32; on every backend, also where
+  Keras 3.15 computes an op of float64 tensors in float32 (JAX, PyTorch): for those
+  ops (:func:`mean`, :func:`maximum`, :func:`minimum`, :func:`clip`, :func:`matmul`,
+  :func:`cumsum`, :func:`floor`, :func:`cos`, :func:`arctan2`, :func:`logaddexp`)
+  plugins call the helper here instead of ``keras.ops``;
 * errors name the plugin: ``loss plugin 'NAME': ...``, with what to do; a
   tensor of the wrong shape raises :class:`lossplug.InvalidTensorError`;
 * class-id checks come before anything that indexes with the ids, on every
@@ -26,14 +30,23 @@ from typing import Any
 from .errors import InvalidTensorError
 
 __all__ = [
+    "arctan2",
     "binary_targets",
     "categorical_log_probabilities",
     "class_ids",
+    "clip",
     "clipped_binary_probabilities",
     "compute_dtype",
+    "cos",
+    "cumsum",
+    "floor",
     "is_sparse_labels",
     "l2_normalize",
+    "logaddexp",
+    "matmul",
+    "maximum",
     "mean",
+    "minimum",
     "one_hot_targets",
     "reduce_trailing",
     "segmentation_masks",
@@ -308,9 +321,9 @@ def categorical_log_probabilities(y_pred: Any, *, from_logits: bool) -> Any:
     if from_logits:
         return ops.log_softmax(y_pred, axis=-1)
     eps = keras.config.epsilon()
-    p = ops.clip(y_pred, eps, 1.0)
+    p = clip(y_pred, eps, 1.0)
     p = p / ops.sum(p, axis=-1, keepdims=True)
-    return ops.log(ops.clip(p, eps, 1.0 - eps))
+    return ops.log(clip(p, eps, 1.0 - eps))
 
 
 def clipped_binary_probabilities(p: Any) -> tuple[Any, Any]:
@@ -321,10 +334,9 @@ def clipped_binary_probabilities(p: Any) -> tuple[Any, Any]:
     at p = 1, whereas clip(1 - p) is exactly eps. Computed in ``p``'s dtype.
     """
     import keras
-    from keras import ops
 
     eps = keras.config.epsilon()
-    return ops.clip(p, eps, 1.0 - eps), ops.clip(1.0 - p, eps, 1.0 - eps)
+    return clip(p, eps, 1.0 - eps), clip(1.0 - p, eps, 1.0 - eps)
 
 
 def mean(values: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Any:
@@ -346,6 +358,86 @@ def mean(values: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
     for a in axes:
         count = count * shape[a]
     return total / ops.cast(count, total.dtype)
+
+
+# ----------------------------------------------------------------- float64-exact ops
+# Keras 3.15 maps float64 to float32 in its dtype promotion on every backend but
+# TensorFlow (``keras.backend.result_type("float64") == "float32"`` on JAX and torch),
+# and the ops below cast their inputs to that type: float64 in, float32 (or float32
+# precision) out. Each helper is the Keras op for every other dtype; when a tensor
+# argument is float64 it computes in float64 with the backend's own function
+# (``lossplug.backend.<name>.FLOAT64_OPS``), Python numbers converted to float64 too
+# (Keras' torch ops round them to float32 first). See docs/decisions.md.
+
+
+def _keep_float64(name: str, tensors: tuple[Any, ...], *options: Any) -> Any:
+    """``keras.ops.<name>(*tensors, *options)``, computed in float64 if a tensor is float64.
+
+    ``tensors`` are the tensor (or number) arguments; ``options`` (an axis) are passed
+    as they are.
+    """
+    from keras import ops
+
+    from . import backend
+
+    op = getattr(ops, name)
+    if compute_dtype(*tensors) != "float64":
+        return op(*tensors, *options)
+    native = backend.current().FLOAT64_OPS.get(name, op)
+    return native(*(ops.convert_to_tensor(t, "float64") for t in tensors), *options)
+
+
+def maximum(a: Any, b: Any) -> Any:
+    """max(a, b) elementwise (``keras.ops.maximum``); float64 stays float64."""
+    return _keep_float64("maximum", (a, b))
+
+
+def minimum(a: Any, b: Any) -> Any:
+    """min(a, b) elementwise (``keras.ops.minimum``); float64 stays float64."""
+    return _keep_float64("minimum", (a, b))
+
+
+def clip(x: Any, low: Any, high: Any) -> Any:
+    """min(max(x, low), high) elementwise (``keras.ops.clip``); float64 stays float64.
+
+    For a float64 ``x`` the bounds are float64 too: Keras' torch backend would clip at
+    the bounds rounded to float32 (1e-7 becomes 1.00000001e-7).
+    """
+    return _keep_float64("clip", (x, low, high))
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """The matrix product (a b)_ij = sum_k a_ik b_kj (``keras.ops.matmul``); float64 stays."""
+    return _keep_float64("matmul", (a, b))
+
+
+def cumsum(x: Any, axis: int) -> Any:
+    """Running sums s_i = sum_{j <= i} x_j along ``axis``; float64 stays float64."""
+    return _keep_float64("cumsum", (x,), axis)
+
+
+def floor(x: Any) -> Any:
+    """floor(x), the largest integer <= x, elementwise; float64 stays float64.
+
+    The float32 Keras computes in on JAX and torch would round x first: 3 - 1e-9
+    becomes 3, whose floor is 3, not 2.
+    """
+    return _keep_float64("floor", (x,))
+
+
+def cos(x: Any) -> Any:
+    """cos(x) elementwise; float64 stays float64 (JAX computes it in float32)."""
+    return _keep_float64("cos", (x,))
+
+
+def arctan2(y: Any, x: Any) -> Any:
+    """The angle of the point (x, y): atan2(y, x) in [-pi, pi]; float64 stays float64."""
+    return _keep_float64("arctan2", (y, x))
+
+
+def logaddexp(a: Any, b: Any) -> Any:
+    """log(exp(a) + exp(b)) = max(a, b) + log1p(exp(-|a - b|)), elementwise; float64 stays."""
+    return _keep_float64("logaddexp", (a, b))
 
 
 def reduce_trailing(values: Any, reduction: str = "sum") -> Any:

@@ -54,7 +54,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import InvalidTensorError
-from .numerics import compute_dtype, l2_normalize
+from .numerics import compute_dtype, l2_normalize, matmul, maximum, mean
 
 __all__ = [
     "EXACT_NEIGHBOURS",
@@ -218,10 +218,9 @@ def _refine_nearest(squared: Any, x: Any, y: Any, k: int, same: bool, valid: Any
     exact = ops.sum(ops.square(difference), axis=-1)  # (B, k)
     row_ids = ops.broadcast_to(ops.arange(rows, dtype="int32")[:, None], ops.shape(nearest))
     where = ops.reshape(ops.stack([row_ids, nearest], axis=-1), (-1, 2))
-    shape = (rows, cols)
-    values = ops.scatter(where, ops.reshape(exact, (-1,)), shape)
-    refined = ops.scatter(where, ops.ones_like(ops.reshape(exact, (-1,))), shape) > 0.0
-    return ops.where(refined, values, squared)
+    # The k columns of a row are distinct: an update, not a sum (Keras 3.15's torch
+    # ``ops.scatter`` is a Python loop over the indices; ``scatter_update`` is one op).
+    return ops.scatter_update(squared, where, ops.reshape(exact, (-1,)))
 
 
 def pairwise_squared_euclidean(
@@ -250,20 +249,20 @@ def pairwise_squared_euclidean(
         raise ValueError("pairwise distances: valid= applies to a second set y only")
     x, y, dtype = _same_dtype(x, x if same else y)
     if same:
-        centre = ops.mean(x, axis=0, keepdims=True)
+        centre = mean(x, axis=0, keepdims=True)
     elif valid is None:
-        centre = ops.mean(ops.concatenate([x, y], axis=0), axis=0, keepdims=True)
+        centre = mean(ops.concatenate([x, y], axis=0), axis=0, keepdims=True)
     else:
         valid = ops.reshape(ops.cast(valid, "bool"), (-1,))
         kept = ops.where(valid[:, None], y, 0.0)  # not a product: rows may hold anything
         total = ops.sum(x, axis=0, keepdims=True) + ops.sum(kept, axis=0, keepdims=True)
         count = ops.cast(ops.shape(x)[0], dtype) + ops.sum(ops.cast(valid, dtype))
-        centre = total / ops.maximum(count, 1.0)
+        centre = total / maximum(count, 1.0)
     cx, cy = x - ops.stop_gradient(centre), y - ops.stop_gradient(centre)
     nx = ops.sum(ops.square(cx), axis=1)
     ny = ops.sum(ops.square(cy), axis=1)
-    gram = ops.matmul(cx, ops.transpose(cy))
-    squared = ops.maximum(nx[:, None] + ny[None, :] - 2.0 * gram, 0.0)
+    gram = matmul(cx, ops.transpose(cy))
+    squared = maximum(nx[:, None] + ny[None, :] - 2.0 * gram, 0.0)
     if exact_neighbours > 0:
         noise = GRAM_NOISE * _eps(dtype) * ops.stop_gradient(nx[:, None] + ny[None, :])
         squared = ops.where(squared > noise, squared, 0.0)
@@ -302,7 +301,7 @@ def pairwise_distances(
         x, y, _ = _same_dtype(x, x if same else y)
         unit_x = l2_normalize(x)
         unit_y = unit_x if same else l2_normalize(y)
-        distances = ops.clip(1.0 - ops.matmul(unit_x, ops.transpose(unit_y)), 0.0, 2.0)
+        distances = ops.clip(1.0 - matmul(unit_x, ops.transpose(unit_y)), 0.0, 2.0)
         return _zero_diagonal(distances) if same else distances
     squared = pairwise_squared_euclidean(x, y, exact_neighbours=exact_neighbours, valid=valid)
     return squared if metric == "squared_euclidean" else safe_sqrt(squared)
@@ -322,10 +321,10 @@ def pairwise_similarities(x: Any, y: Any = None, kind: str = "cosine") -> Any:
     same = y is None
     x, y, _ = _same_dtype(x, x if same else y)
     if kind == "dot":
-        return ops.matmul(x, ops.transpose(y))
+        return matmul(x, ops.transpose(y))
     unit_x = l2_normalize(x)
     unit_y = unit_x if same else l2_normalize(y)
-    return ops.clip(ops.matmul(unit_x, ops.transpose(unit_y)), -1.0, 1.0)
+    return ops.clip(matmul(unit_x, ops.transpose(unit_y)), -1.0, 1.0)
 
 
 # ----------------------------------------------------------------------- inputs
@@ -494,7 +493,7 @@ def masked_logsumexp(
     lowest = _lowest(_dtype_name(values))
     peak = ops.max(ops.where(mask, values, lowest), axis=axis, keepdims=True)
     if include_zero:
-        peak = ops.maximum(peak, 0.0)
+        peak = maximum(peak, 0.0)
     peak = ops.stop_gradient(ops.where(has, peak, 0.0))
     shifted = ops.where(mask, values, peak) - peak  # 0 where masked out
     terms = ops.where(mask, ops.exp(shifted), 0.0)

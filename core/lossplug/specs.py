@@ -133,6 +133,33 @@ class TensorSpec:
     from_logits: str | None = None
 
 
+def mask_tensors(
+    prediction: str = "predicted probabilities (sigmoid or softmax outputs)",
+    kind: Kind | str = Kind.MASKS,
+) -> tuple[TensorSpec, TensorSpec]:
+    """The tensors of a segmentation loss: ``y_true`` and ``y_pred``, masks (B, H, W, C).
+
+    ``y_true`` (from the inputs) holds the target masks, channels last: one-hot over C
+    classes (C = 1 for a binary mask) or class ids (B, H, W), the layouts
+    :func:`lossplug.numerics.segmentation_masks` reads. ``y_pred`` (a model output) holds
+    the predictions, described by ``prediction``: by default probabilities in [0, 1] (kind
+    ``masks``); a loss on logits passes ``kind=Kind.REAL`` and says so. Use it as
+    ``PluginSpec(..., tensors=mask_tensors())``.
+    """
+    shape = ("B", "H", "W", "C")
+    return (
+        TensorSpec(
+            "y_true",
+            Kind.MASKS,
+            source=Source.INPUTS,
+            shape=shape,
+            description="target masks (one-hot over C classes, C = 1 for binary; or class ids "
+            "(B, H, W))",
+        ),
+        TensorSpec("y_pred", kind, shape=shape, description=prediction),
+    )
+
+
 def param(
     default: Any = attrs.NOTHING,
     *,

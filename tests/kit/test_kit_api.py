@@ -1,4 +1,5 @@
-"""lossplug.testing's public API: call_plugin, conformance_tests, check_plugin, profiles."""
+"""lossplug.testing's public API: call_plugin, plugin_gradients, conformance_tests, check_plugin,
+profiles."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import kit_plugins as kp
 import numpy as np
 import pytest
 from hypothesis import settings
-from lossplug.testing import call_plugin, check_plugin, conformance_tests, profiles
+from lossplug.testing import (
+    call_plugin,
+    check_plugin,
+    conformance_tests,
+    plugin_gradients,
+    profiles,
+)
 
 
 def test_call_plugin_uses_the_given_state(register) -> None:
@@ -37,6 +44,23 @@ def test_call_plugin_fresh_state_and_dtype(register) -> None:
                           dtype="float16")  # fmt: skip
     assert half.dtype == np.float32  # the core casts losses to float32
     np.testing.assert_allclose(half, first, rtol=1e-6)
+
+
+def test_plugin_gradients_of_the_tensors_and_the_state(register) -> None:
+    name = register(kp.Center())
+    centres = np.array([[0.0, 1.0], [2.0, 2.0], [5.0, 5.0]], dtype="float32")
+    x = np.array([[1.0, 1.0], [2.0, 0.0], [0.0, 0.0]], dtype="float32")
+    y = np.array([0, 1, 1], dtype="int32")
+    loss, grads, state_grads = plugin_gradients(
+        name, {"y_true": y}, {"features": x}, ["features"], config={"num_classes": 3},
+        state={"centers": centres},
+    )  # fmt: skip
+    np.testing.assert_allclose(loss, ((x - centres[y]) ** 2).sum(axis=1), rtol=1e-6)
+    assert set(grads) == {"features"} and set(state_grads) == {"centers"}
+    np.testing.assert_allclose(grads["features"], 2 * (x - centres[y]), rtol=1e-6)
+    expected = np.zeros_like(centres)
+    np.add.at(expected, y, -2 * (x - centres[y]))  # class 2 has no sample: no gradient
+    np.testing.assert_allclose(state_grads["centers"], expected, rtol=1e-6)
 
 
 def test_call_plugin_metric_only(register) -> None:

@@ -20,6 +20,9 @@ lossplug does the same at a smaller scale: one module per backend
     write the state a backend keeps outside the variables back to them (JAX).
 ``Compiler``/``gradients``
     what the conformance kit needs: the backend's compiler and autodiff.
+``FLOAT64_OPS``
+    the backend's own functions for the ``keras.ops`` that Keras computes in
+    float32 for float64 tensors there (used by :mod:`lossplug.numerics` only).
 
 :func:`portable_config`, here in the package itself, makes a saved compile config load
 on every backend.

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import keras
 from keras import ops
 
@@ -245,10 +246,9 @@ class Trainer:
         if self._lossplug.value["check_finite"]:
             guard = self._lossplug_guard
             mapping = list(zip(self.metrics_variables, metrics_variables, strict=True))
-            iterations = _index(self.optimizer.variables, self.optimizer.iterations)
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 ok = self._lossplug_step_ok(StepRecord(finite=finite), grads)
-                guard.fail(optimizer_variables[iterations], when=ops.logical_not(ok))
+                guard.fail(when=ops.logical_not(ok))
             metrics_variables = [
                 _current(scope, v, old)
                 for v, old in zip(self.metrics_variables, metrics_variables, strict=True)
@@ -289,14 +289,26 @@ def _current(scope: Any, variable: Any, old: Any) -> Any:
     return old if value is None else value
 
 
-def _index(variables: list[Any], variable: Any) -> int:
-    for i, v in enumerate(variables):
-        if v is variable:
-            return i
-    raise ValueError(f"{variable.path} is not among the optimizer's variables")
+# ---------------------------------------------------------------------- float64
+#: The JAX functions behind the ``keras.ops`` that Keras 3.15 computes in float32 for
+#: float64 tensors: its dtype promotion (``keras.backend.result_type``) maps float64 to
+#: float32 on every backend but TensorFlow, also under ``jax.enable_x64``, and these ops
+#: cast their inputs to that type. :mod:`lossplug.numerics` calls them, with float64
+#: arguments only, in place of the Keras op (see docs/decisions.md, upstream limitations).
+FLOAT64_OPS: dict[str, Callable[..., Any]] = {
+    "arctan2": jnp.arctan2,
+    "cos": jnp.cos,
+    "cumsum": jnp.cumsum,
+    "floor": jnp.floor,
+    "logaddexp": jnp.logaddexp,
+    "matmul": jnp.matmul,
+    "maximum": jnp.maximum,
+    "minimum": jnp.minimum,
+}
 
 
 __all__ = [
+    "FLOAT64_OPS",
     "NAME",
     "Trainer",
     "all_gather",

@@ -188,7 +188,7 @@ class Trainer:
             # No optimizer step, but the plugins' own rules still run once per step.
             ok = self._lossplug_step_ok(record, None)
             record.apply_updates(ok)
-            self._lossplug_guard.fail(self.optimizer.iterations, when=tf.logical_not(ok))
+            self._lossplug_guard.fail(when=tf.logical_not(ok))
         return self._lossplug_logs(self.compute_metrics(x, y, y_pred, sample_weight))
 
     def test_step(self, data: Any) -> Any:
@@ -219,7 +219,7 @@ class Trainer:
             return tf.constant(True)
 
         def skip() -> Any:
-            self._lossplug_guard.fail(self.optimizer.iterations)
+            self._lossplug_guard.fail()
             return tf.constant(False)
 
         values = [value for _, value in record.updates]
@@ -249,7 +249,14 @@ class Trainer:
         tf.distribute.get_replica_context().merge_call(branch, args=(ok, gradients, values))
 
 
+# ---------------------------------------------------------------------- float64
+#: No replacements: Keras' TensorFlow ops keep float64 tensors in float64 (the JAX and
+#: torch modules list the ops that need one, see :mod:`lossplug.numerics`).
+FLOAT64_OPS: dict[str, Callable[..., Any]] = {}
+
+
 __all__ = [
+    "FLOAT64_OPS",
     "NAME",
     "Trainer",
     "all_gather",

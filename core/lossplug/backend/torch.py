@@ -122,7 +122,7 @@ class Trainer:
                     self.optimizer.apply(gradients, variables)
                 record.apply_updates()
             else:
-                self._lossplug_guard.fail(self.optimizer.iterations)
+                self._lossplug_guard.fail()
         return self._lossplug_logs(self.compute_metrics(x, y, y_pred, sample_weight))
 
     def test_step(self, data: Any) -> Any:
@@ -133,7 +133,26 @@ class Trainer:
         return logs
 
 
+# ---------------------------------------------------------------------- float64
+#: The torch functions behind the ``keras.ops`` that Keras 3.15 computes in float32 for
+#: float64 tensors: its dtype promotion (``keras.backend.result_type``) maps float64 to
+#: float32 on every backend but TensorFlow, and these ops cast their inputs to that type.
+#: :mod:`lossplug.numerics` calls them, with float64 arguments only, in place of the Keras
+#: op (see docs/decisions.md, upstream limitations).
+FLOAT64_OPS: dict[str, Callable[..., Any]] = {
+    "arctan2": torch.arctan2,
+    "cos": torch.cos,
+    "cumsum": torch.cumsum,
+    "floor": torch.floor,
+    "logaddexp": torch.logaddexp,
+    "matmul": torch.matmul,
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+}
+
+
 __all__ = [
+    "FLOAT64_OPS",
     "NAME",
     "Trainer",
     "all_gather",

@@ -15,9 +15,10 @@ round-trip, save/load of a LossModel); each property a plugin claims in its
 spec (:mod:`lossplug.properties`) adds one check. A failure reads like a bug
 report: plugin, property, minimal falsifying example and how to reproduce it.
 
-For a plugin's own tests, :func:`value_and_gradients` and :func:`compiled` (with
-:func:`compiler_modes`) take gradients and compile functions on every Keras backend
-(see :mod:`lossplug.testing.autodiff`).
+For a plugin's own tests, :func:`call_plugin` calls a plugin as the core does and
+:func:`plugin_gradients` takes the gradients of its loss; :func:`value_and_gradients`
+and :func:`compiled` (with :func:`compiler_modes`) take gradients and compile functions
+on every Keras backend (see :mod:`lossplug.testing.autodiff`).
 
 Importing this module registers the Hypothesis profiles ``lossplug-quick`` and
 ``lossplug-thorough`` (see :mod:`lossplug.testing.profiles`).
@@ -28,7 +29,7 @@ from __future__ import annotations
 from . import profiles, strategies
 from .autodiff import compiled, compiler_modes, value_and_gradients
 from .checks import Check, Context, checks_for
-from .harness import Outcome, PluginHarness, call_plugin
+from .harness import Outcome, PluginHarness, call_plugin, plugin_gradients
 from .profiles import PROFILE_ENV, QUICK, SEED_ENV, THOROUGH
 from .report import CheckResult, KitFailure, Report
 from .runner import check_plugin, run_one
@@ -52,6 +53,7 @@ __all__ = [
     "compiled",
     "compiler_modes",
     "conformance_tests",
+    "plugin_gradients",
     "profiles",
     "run_one",
     "strategies",

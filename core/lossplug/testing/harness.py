@@ -406,6 +406,43 @@ def call_plugin(
     return outcome.loss, outcome.metrics
 
 
+def plugin_gradients(
+    name: str,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    wrt: Sequence[str],
+    *,
+    config: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    training: bool = True,
+) -> tuple[np.ndarray | None, dict[str, np.ndarray | None], dict[str, np.ndarray | None]]:
+    """The gradients of the plugin ``name``'s summed loss, as :func:`call_plugin` calls it.
+
+    ``wrt`` names the tensors of ``inputs`` or ``outputs`` (NumPy arrays) to
+    differentiate; ``config`` and ``state`` are those of :func:`call_plugin`. Returns
+    the loss (float32 NumPy), the gradients of ``sum(loss)`` with respect to each tensor
+    of ``wrt`` and those with respect to the plugin's trainable state variables, by
+    variable name, from the backend's autodiff (the harness the conformance kit uses,
+    with ``training=True`` as in ``fit``).
+
+    Example::
+
+        loss, grads, state_grads = plugin_gradients(
+            "center", {"y_true": y}, {"features": x}, ["features"],
+            config={"num_classes": 4}, state={"centers": c})
+        grads["features"], state_grads["centers"]
+    """
+    harness = harness_for(name)
+    example = Example(
+        inputs={k: np.asarray(v) for k, v in inputs.items()},
+        outputs={k: np.asarray(v) for k, v in outputs.items()},
+        config=make_config(harness.spec, dict(config or {})),
+        state=dict(state or {}),
+    )
+    outcome, grads, state_grads = harness.gradients(example, wrt, training=training)
+    return outcome.loss, grads, state_grads
+
+
 __all__ = [
     "Outcome",
     "PluginHarness",
@@ -414,4 +451,5 @@ __all__ = [
     "harness_for",
     "mode_text",
     "modes",
+    "plugin_gradients",
 ]

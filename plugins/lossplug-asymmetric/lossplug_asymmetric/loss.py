@@ -33,6 +33,8 @@ from keras import ops
 from lossplug.numerics import (
     clipped_binary_probabilities,
     compute_dtype,
+    maximum,
+    minimum,
     one_hot_targets,
     reduce_trailing,
     to_compute_dtype,
@@ -59,7 +61,7 @@ def _log_probabilities(y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any, A
 
 def _floored(log_value: Any, eps: float) -> Any:
     """log(max(u, eps)) = max(log u, log eps); eps = 0 leaves log u alone."""
-    return ops.maximum(log_value, math.log(eps)) if eps > 0 else log_value
+    return maximum(log_value, math.log(eps)) if eps > 0 else log_value
 
 
 def asymmetric_elements(
@@ -79,9 +81,9 @@ def asymmetric_elements(
         positive = ops.exp(gamma_pos * log_not_p) * positive  # (1 - p)^gamma_pos
     if clip > 0:
         # 1 - p_m = min(1 - p + m, 1): exactly 1 (a zero loss) for p <= m
-        log_not_pm = ops.log(ops.minimum(not_p + clip, 1.0))
-        p_m = ops.maximum(p - clip, 0.0)
-        weight = ops.power(ops.maximum(p_m, _FLOOR), gamma_neg) if gamma_neg else None
+        log_not_pm = ops.log(minimum(not_p + clip, 1.0))
+        p_m = maximum(p - clip, 0.0)
+        weight = ops.power(maximum(p_m, _FLOOR), gamma_neg) if gamma_neg else None
     else:
         log_not_pm = log_not_p
         weight = ops.exp(gamma_neg * log_p) if gamma_neg else None  # p^gamma_neg

@@ -44,7 +44,7 @@ from typing import Any
 
 from keras import ops
 from lossplug import InvalidTensorError
-from lossplug.numerics import compute_dtype, one_hot_targets, to_compute_dtype
+from lossplug.numerics import clip, compute_dtype, maximum, one_hot_targets, to_compute_dtype
 
 PLUGIN = "bi_tempered"
 #: stands in for 0 inside log(q) of a zero target (whose terms are then multiplied by 0)
@@ -97,7 +97,7 @@ def tempered_log_softmax(
         log_z = _logsumexp(log_y)
         log_t_z = -ops.expm1(-d * log_z) / d
         step = log_t_z * ops.exp(t * log_z - _logsumexp(t * log_y))
-        shift = ops.clip(shift + step, 0.0, upper)
+        shift = clip(shift + step, 0.0, upper)
     return _log_exp_t(a0 - shift, d)
 
 
@@ -134,11 +134,11 @@ def bi_tempered_loss(
     """
     log_y = tempered_log_softmax(y_pred, t2, num_iters=num_iters, newton_steps=newton_steps)
     q = smoothed_targets(y_true, tuple(y_pred.shape), label_smoothing, compute_dtype(y_pred))
-    log_q = ops.log(ops.maximum(q, _TINY))
+    log_q = ops.log(maximum(q, _TINY))
     power = 2.0 - t1
     # q log_t1 q (0 for q = 0) and (u^(2-t1) - 1) / (2 - t1) for u = q and u = y_hat
     q_log_q = ops.where(q > 0, q * _tempered_log_of_log(log_q, t1), 0.0)
     q_power = ops.expm1(power * log_q) / power
     y_power = ops.expm1(power * log_y) / power
     terms = q_log_q - q * _tempered_log_of_log(log_y, t1) - (q_power - y_power)
-    return ops.sum(ops.maximum(terms, 0.0), axis=-1)
+    return ops.sum(maximum(terms, 0.0), axis=-1)

@@ -3,47 +3,29 @@ batches, configuration errors, the conformance kit and training on digits."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras
+import embedding_helpers as helpers
 import lossplug
 import lossplug_contrastive as plugin
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-from lossplug.numerics import L2_EPSILON
-from lossplug.properties import Example
 from lossplug.testing import call_plugin, conformance_tests
-from lossplug.testing.harness import harness_for
 from lossplug_contrastive.loss import contrastive_loss
-
-SETTINGS = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def config(**values):
     return plugin.SPEC.make_config(values)
 
 
-def np_distances(x, metric):
-    x = np.asarray(x, np.float64)
-    if metric == "cosine":
-        u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), L2_EPSILON)
-        return np.clip(1.0 - u @ u.T, 0.0, 2.0)
-    return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
-
-
 def reference(x, labels, cfg, weights=None):
     """Hadsell et al. eq. 4 over every ordered pair i != j, written out pair by pair."""
-    d = np_distances(x, cfg.metric)
+    d = helpers.np_distances(x, cfg.metric)
     w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
 
     def h(t):
@@ -66,10 +48,7 @@ def reference(x, labels, cfg, weights=None):
 
 @st.composite
 def problems(draw):
-    n = draw(st.integers(1, 8))
-    dim = draw(st.integers(1, 4))
-    x = draw(hnp.arrays(np.float32, (n, dim), elements=st.floats(-3, 3, width=32, allow_nan=False)))
-    labels = draw(hnp.arrays(np.int32, (n,), elements=st.integers(0, 2)))
+    x, labels = draw(helpers.labelled_embeddings())
     metric = draw(st.sampled_from(plugin.METRICS))
     top = 2.0 if metric == "cosine" else 4.0
     cfg = config(
@@ -79,14 +58,12 @@ def problems(draw):
         squared=draw(st.booleans()),
         average=draw(st.sampled_from(plugin.AVERAGES)),
     )
-    weights = draw(
-        st.none() | hnp.arrays(np.float32, (n,), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0]))
-    )
+    weights = draw(helpers.sample_weights(len(labels)))
     return x, labels, cfg, weights
 
 
 # ----------------------------------------------------------------------------- the math
-@SETTINGS
+@helpers.SETTINGS
 @given(problem=problems())
 def test_equals_the_paper_formula_over_all_pairs(problem):
     x, labels, cfg, weights = problem
@@ -146,15 +123,8 @@ def test_cosine_loss_ignores_the_scale_of_each_embedding():
 
 
 # ----------------------------------------------------------------------------- degenerate
-def loss_and_gradient(x, labels, **values):
-    """The loss and d loss / d embeddings, through the kit's harness (any backend's tape)."""
-    example = Example(
-        inputs={"y_true": np.asarray(labels, np.int32)},
-        outputs={"embeddings": np.asarray(x, np.float32)},
-        config=config(**values),
-    )
-    outcome, grads, _ = harness_for("contrastive").gradients(example, ["embeddings"])
-    return float(outcome.loss), grads["embeddings"]
+#: The loss and d loss / d embeddings, through the kit's harness (any backend's tape).
+loss_and_gradient = functools.partial(helpers.loss_and_gradient, "contrastive")
 
 
 @pytest.mark.parametrize("metric", plugin.METRICS)
@@ -192,44 +162,12 @@ def test_bad_configuration_is_rejected_with_the_field_and_rule(values, fragment)
 
 
 def test_tensors_of_the_wrong_shape_are_reported():
-    with pytest.raises(lossplug.InvalidTensorError, match="'contrastive' needs embeddings"):
-        call_plugin("contrastive", {"y_true": np.arange(4)}, {"embeddings": np.zeros((4, 2, 2))})
-    with pytest.raises(lossplug.InvalidTensorError, match="one-hot"):
-        call_plugin("contrastive", {"y_true": np.eye(4)}, {"embeddings": np.zeros((4, 2))})
+    helpers.check_wrong_tensors_are_reported("contrastive")
 
 
 test_conformance = conformance_tests("contrastive")
 
 
 # ----------------------------------------------------------------------------- training
-def _digits():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    return (x / 16.0).astype("float32"), y.astype("int32")
-
-
-def distance_ratio(embeddings, labels):
-    """mean inter-class / mean intra-class Euclidean distance."""
-    d = np_distances(embeddings, "euclidean")
-    same = labels[:, None] == labels[None, :]
-    off = ~np.eye(len(labels), dtype=bool)
-    return d[~same].mean() / d[same & off].mean()
-
-
 def test_training_on_digits_separates_the_classes():
-    x, y = _digits()
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    hidden = keras.layers.Dense(64, activation="relu")(inputs)
-    embeddings = keras.layers.Dense(16, name="embeddings")(hidden)
-    model = lossplug.LossModel(inputs, embeddings)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=lossplug.use("contrastive"))
-    before = distance_ratio(model.predict(x, verbose=0), y)
-    history = model.fit(x, y, epochs=5, batch_size=128, verbose=0)
-    after = distance_ratio(model.predict(x, verbose=0), y)
-    losses = history.history["contrastive"]
-    print(f"\ncontrastive on digits: inter/intra distance ratio {before:.2f} -> {after:.2f}, "
-          f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")  # fmt: skip
-    assert losses[-1] < 0.7 * losses[0], losses
-    assert after > 1.5 * before, (before, after)
+    helpers.check_training_separates_the_digits("contrastive")

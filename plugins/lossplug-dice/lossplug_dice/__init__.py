@@ -47,8 +47,9 @@ from typing import Any
 import attrs
 import lossplug
 from keras import ops
-from lossplug import Kind, PluginSpec, TensorSpec, numerics
+from lossplug import PluginSpec, numerics
 from lossplug.numerics import reduce_trailing, segmentation_masks
+from lossplug.specs import mask_tensors
 
 from .claims import CLAIMS
 
@@ -89,7 +90,8 @@ def _ratios(t: Any, p: Any, smooth: float) -> Any:
 def _bce(t: Any, p: Any) -> Any:
     """Mean BCE over the (B, S, C) elements of each sample, shape (B,)."""
     per_element = -(
-        t * ops.log(ops.maximum(p, EPSILON)) + (1.0 - t) * ops.log(ops.maximum(1.0 - p, EPSILON))
+        t * ops.log(numerics.maximum(p, EPSILON))
+        + (1.0 - t) * ops.log(numerics.maximum(1.0 - p, EPSILON))
     )
     return reduce_trailing(per_element, "mean")
 
@@ -123,22 +125,7 @@ def lossplug_spec() -> PluginSpec:
         name="dice",
         description="soft Dice loss for binary and multi-class masks, optional BCE term",
         config=Config,
-        tensors=(
-            TensorSpec(
-                "y_true",
-                Kind.MASKS,
-                source="inputs",
-                shape=("B", "H", "W", "C"),
-                description="target masks (one-hot over C classes, C = 1 for binary; or class "
-                "ids (B, H, W))",
-            ),
-            TensorSpec(
-                "y_pred",
-                Kind.MASKS,
-                shape=("B", "H", "W", "C"),
-                description="predicted probabilities (sigmoid or softmax outputs)",
-            ),
-        ),
+        tensors=mask_tensors(),
         properties=CLAIMS,
     )
 

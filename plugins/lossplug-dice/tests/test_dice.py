@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -12,23 +13,21 @@ import lossplug
 import lossplug_dice
 import numpy as np
 import pytest
+import segmentation_helpers as helpers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
 from lossplug.properties import Bounded, Example, Symmetric
-from lossplug.testing import call_plugin, check_plugin, conformance_tests, value_and_gradients
+from lossplug.testing import check_plugin, conformance_tests, value_and_gradients
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
 test_conformance = conformance_tests("dice")  # the kit: every check and claim
 
 
-def call(y_true, y_pred, **config):
-    """The installed plugin's per-sample loss (float32 NumPy), called as the core calls it."""
-    loss, _ = call_plugin("dice", {"y_true": y_true}, {"y_pred": y_pred}, config=config)
-    assert loss.shape == (np.shape(y_pred)[0],)
-    return loss
+#: The installed plugin's per-sample loss (float32 NumPy), called as the core calls it.
+call = functools.partial(helpers.plugin_loss, "dice")
 
 
 # No subnormals: TensorFlow flushes them to zero on CPU, so a mask of 1e-45 is empty to the
@@ -202,12 +201,9 @@ def test_bce_term_is_finite_with_finite_gradients_at_saturated_predictions():
 
 
 def test_half_precision_masks_give_a_float32_loss():
-    rng = np.random.default_rng(0)
-    y_true = rng.integers(0, 2, size=(2, 64, 64, 1)).astype("float16")
-    y_pred = rng.uniform(size=(2, 64, 64, 1)).astype("float16")  # sums exceed float16 precision
-    loss = call(y_true, y_pred)
-    assert loss.dtype == np.float32
-    np.testing.assert_allclose(loss, numpy_dice(y_true, y_pred, 1.0), rtol=1e-4)
+    helpers.check_half_precision_gives_the_float32_loss(
+        call, lambda y_true, y_pred: numpy_dice(y_true, y_pred, 1.0)
+    )
 
 
 # --------------------------------------------------------------------- spec, config, errors
@@ -302,13 +298,7 @@ def test_class_id_masks_and_channel_free_binary_masks_are_accepted():
 
 
 def test_mismatched_masks_are_refused_with_the_convention():
-    y_pred = np.full((2, 4, 4, 3), 1 / 3, np.float32)
-    with pytest.raises(lossplug.InvalidTensorError, match=r"'dice'.*channels-last masks \(B, "):
-        call(np.zeros((2, 4, 2, 3), np.float32), y_pred)
-    with pytest.raises(lossplug.InvalidTensorError, match="'dice'.*class ids of shape"):
-        call(np.zeros((2, 4, 4, 2), np.float32), y_pred)
-    with pytest.raises(lossplug.InvalidTensorError, match="'dice'.*flattened binary mask"):
-        call(np.zeros((2, 16, 1), np.float32), np.zeros((2, 16), np.float32))
+    helpers.check_mismatched_masks_are_refused("dice", call)
 
 
 def test_dice_name_means_the_plugin_in_a_loss_model():
@@ -317,19 +307,11 @@ def test_dice_name_means_the_plugin_in_a_loss_model():
 
 
 # --------------------------------------------------------------------- end to end
-def make_segmentation_data(n=96, size=16, seed=0):
-    """Noisy images with a rectangle (class 1, bright) and a square (class 2, grey)."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((n, size, size), np.int64)
-    for i in range(n):
-        r, c = rng.integers(0, size - 6, 2)
-        h, w = rng.integers(3, 7, 2)
-        labels[i, r : r + h, c : c + w] = 1
-        r, c = rng.integers(0, size - 4, 2)
-        labels[i, r : r + 3, c : c + 3] = 2
-    images = rng.normal(0.0, 0.1, size=(n, size, size, 1)).astype("float32")
-    images[..., 0] += np.array([0.0, 1.0, 0.5], np.float32)[labels]
-    return images, np.eye(3, dtype="float32")[labels]
+def make_segmentation_data(n=96, seed=0):
+    """Images with a rectangle (class 1, bright) and a square (class 2, grey), little noise;
+    one-hot masks."""
+    images, ids = helpers.make_shapes(n, seed=seed, noise=0.1, values=(0.0, 1.0, 0.5))
+    return images, np.eye(3, dtype="float32")[ids]
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ _FLOOR = 1e-12
 def _modulator(one_minus_pt: Any, gamma: float) -> Any:
     if gamma == 0:
         return ops.ones_like(one_minus_pt)
-    return ops.power(ops.maximum(one_minus_pt, _FLOOR), gamma)
+    return ops.power(numerics.maximum(one_minus_pt, _FLOOR), gamma)
 
 
 def categorical_focal(

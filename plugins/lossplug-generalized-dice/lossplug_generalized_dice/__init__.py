@@ -25,8 +25,9 @@ from typing import Any
 
 import attrs
 import lossplug
-from lossplug import Kind, LossResult, PluginSpec, TensorSpec
+from lossplug import LossResult, PluginSpec
 from lossplug.properties import Bounded, Custom, NonNegative, ZeroAtPerfect
+from lossplug.specs import mask_tensors
 
 from . import claims
 
@@ -51,22 +52,7 @@ SPEC = PluginSpec(
     name="generalized_dice",
     description="generalised Dice loss with inverse squared volume class weights",
     config=Config,
-    tensors=(
-        TensorSpec(
-            "y_true",
-            Kind.MASKS,
-            source="inputs",
-            shape=("B", "H", "W", "C"),
-            description="target masks (one-hot over C classes, C = 1 for binary; or class ids "
-            "(B, H, W))",
-        ),
-        TensorSpec(
-            "y_pred",
-            Kind.MASKS,
-            shape=("B", "H", "W", "C"),
-            description="predicted probabilities (sigmoid or softmax outputs)",
-        ),
-    ),
+    tensors=mask_tensors(),
     properties=(
         NonNegative(),
         Bounded(0.0, 1.0),

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras
 import lossplug
 import numpy as np
 import pytest
+import segmentation_helpers as helpers
 from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-from lossplug.properties import Example
-from lossplug.testing import call_plugin, conformance_tests
-from lossplug.testing.harness import harness_for
+from lossplug.testing import conformance_tests
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
 test_conformance = conformance_tests("generalized_dice")  # the kit: every check and claim
 
 
-def call(y_true, y_pred, **config):
-    """The installed plugin's per-sample loss (float32 NumPy), called as the core calls it."""
-    loss, _ = call_plugin("generalized_dice", {"y_true": y_true}, {"y_pred": y_pred}, config=config)
-    assert loss.shape == (np.shape(y_pred)[0],)
-    return loss
-
-
-def gradient(y_true, y_pred, **config):
-    """d sum(loss) / d y_pred, through the kit's harness (no TensorFlow import here)."""
-    spec = lossplug.registry.spec("generalized_dice")
-    example = Example({"y_true": y_true}, {"y_pred": y_pred}, spec.make_config(config))
-    outcome, grads, _ = harness_for("generalized_dice").gradients(example, ["y_pred"])
-    return outcome.loss, grads["y_pred"]
+#: The installed plugin's per-sample loss (float32 NumPy), called as the core calls it.
+call = functools.partial(helpers.plugin_loss, "generalized_dice")
+#: (loss, d sum(loss) / d y_pred), through the kit's harness (no TensorFlow import here).
+gradient = functools.partial(helpers.loss_and_gradient, "generalized_dice")
 
 
 def sudre_weights(volumes):
@@ -61,28 +49,9 @@ def numpy_generalized_dice(y_true, y_pred, smooth, weights=sudre_weights):
     return 1.0 - ratio
 
 
-unit = st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False, width=32)
-
-
-@st.composite
-def mask_pairs(draw, binary_target=True, empty_classes=True):
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5)))
-    shape = (*shape, draw(st.integers(1, 4)))
-    elements = st.sampled_from([0.0, 1.0]) if binary_target else unit
-    y_true = draw(hnp.arrays(np.float32, shape, elements=elements))
-    if empty_classes:  # empty some classes of some samples (or every class of a sample)
-        keep = draw(hnp.arrays(np.bool_, (shape[0], 1, 1, shape[-1])))
-        y_true = y_true * keep
-    y_pred = draw(hnp.arrays(np.float32, shape, elements=unit))
-    return y_true, y_pred
-
-
-smooths = st.sampled_from([0.0, 1e-3, 1.0, 10.0])
-
-
 # --------------------------------------------------------------------- mathematics
 @SETTINGS
-@given(mask_pairs(), smooths)
+@given(helpers.mask_pairs(empty_classes=True), helpers.smooths)
 def test_matches_sudre_with_the_empty_class_rule(pair, smooth):
     y_true, y_pred = pair
     np.testing.assert_allclose(
@@ -94,7 +63,7 @@ def test_matches_sudre_with_the_empty_class_rule(pair, smooth):
 
 
 @SETTINGS
-@given(mask_pairs(binary_target=False, empty_classes=False))
+@given(helpers.mask_pairs(binary_target=False))
 def test_soft_targets_follow_the_same_formula(pair):
     y_true, y_pred = pair
     np.testing.assert_allclose(
@@ -114,7 +83,7 @@ def monai_weights(volumes):
 
 
 @SETTINGS
-@given(mask_pairs())
+@given(helpers.mask_pairs(empty_classes=True))
 def test_unsmoothed_it_equals_monais_weighting_where_a_class_is_present(pair):
     """The normalisation cancels in the ratio; only samples without any class differ."""
     y_true, y_pred = pair
@@ -196,28 +165,12 @@ def test_one_class_is_the_dice_loss():
 
 # --------------------------------------------------------------------- shapes and numerics
 def test_class_id_masks_and_flattened_binary_masks_are_accepted():
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, 3, size=(2, 4, 5))
-    one_hot = np.eye(3, dtype="float32")[ids]
-    y_pred = rng.uniform(size=(2, 4, 5, 3)).astype("float32")
-    np.testing.assert_allclose(call(ids, y_pred), call(one_hot, y_pred), rtol=1e-6)
-    binary, probabilities = (ids == 1).astype("float32"), y_pred[..., 1:2]
-    np.testing.assert_allclose(call(binary, probabilities), call(binary[..., None], probabilities))
-    np.testing.assert_allclose(
-        call(binary.reshape(2, -1), probabilities.reshape(2, -1)),
-        call(binary[..., None], probabilities),
-        rtol=1e-6,
-    )
+    helpers.check_mask_layouts_are_accepted(call)
 
 
 def test_mismatched_masks_and_bad_ids_are_refused():
-    y_pred = np.full((2, 4, 4, 3), 1 / 3, np.float32)
-    with pytest.raises(lossplug.InvalidTensorError, match=r"channels-last masks \(B, \.\.\., C\)"):
-        call(np.zeros((2, 4, 2, 3), np.float32), y_pred)
-    with pytest.raises(lossplug.InvalidTensorError, match="'generalized_dice'.*class ids"):
-        call(np.zeros((2, 4, 4, 2), np.float32), y_pred)
-    with pytest.raises(Exception, match=r"'generalized_dice'.*class ids outside \[0, 3\)"):
-        call(np.full((2, 4, 4), -1), y_pred)
+    helpers.check_mismatched_masks_are_refused("generalized_dice", call)
+    helpers.check_bad_class_ids_are_refused("generalized_dice", call, bad_id=-1)
 
 
 def test_tiny_soft_volumes_and_half_precision_stay_finite_and_float32():
@@ -227,12 +180,9 @@ def test_tiny_soft_volumes_and_half_precision_stay_finite_and_float32():
     y_pred = np.full_like(y_true, 0.5)
     loss, grad = gradient(y_true, y_pred)
     assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
-    rng = np.random.default_rng(0)
-    y_true = rng.integers(0, 2, size=(2, 64, 64, 2)).astype("float16")
-    y_pred = rng.uniform(size=(2, 64, 64, 2)).astype("float16")
-    loss = call(y_true, y_pred)
-    assert loss.dtype == np.float32
-    np.testing.assert_allclose(loss, numpy_generalized_dice(y_true, y_pred, 1.0), rtol=1e-4)
+    helpers.check_half_precision_gives_the_float32_loss(
+        call, lambda y_true, y_pred: numpy_generalized_dice(y_true, y_pred, 1.0), channels=2
+    )
 
 
 @pytest.mark.parametrize(
@@ -252,48 +202,19 @@ def test_bad_config_is_refused_naming_plugin_field_and_rule(config, words):
 
 
 # --------------------------------------------------------------------- end to end
-def make_shapes(n, size=16, seed=0):
-    """Class ids: a bright rectangle (1) and a dark 3x3 square (2, 3.5% of pixels) on noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((n, size, size), np.int64)
-    for i in range(n):
-        r, c = rng.integers(0, size - 6, 2)
-        h, w = rng.integers(3, 7, 2)
-        labels[i, r : r + h, c : c + w] = 1
-        r, c = rng.integers(0, size - 3, 2)
-        labels[i, r : r + 3, c : c + 3] = 2
-    images = rng.normal(0.0, 0.6, size=(n, size, size, 1)).astype("float32")
-    images[..., 0] += np.array([0.0, 1.0, -1.0], np.float32)[labels]
-    return images, labels
-
-
-def per_class_iou(ids, predicted, classes=3):
-    out = []
-    for c in range(classes):
-        union = np.sum((ids == c) | (predicted == c))
-        out.append(float(np.sum((ids == c) & (predicted == c)) / union) if union else 1.0)
-    return np.array(out)
-
-
 @pytest.mark.slow
 def test_generalized_dice_learns_the_small_class():
-    x, ids = make_shapes(128, seed=0)
-    x_test, ids_test = make_shapes(128, seed=1)
+    x, ids = helpers.make_shapes(128, seed=0)
+    x_test, ids_test = helpers.make_shapes(128, seed=1)
     results = {}
     for loss in ("sparse_categorical_crossentropy", "generalized_dice"):
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((16, 16, 1))
-        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
-        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
-        masks = keras.layers.Conv2D(3, 1, activation="softmax", name="masks")(h)
-        model = lossplug.LossModel(inputs, masks)
-        model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
+        model = helpers.segmenter(3, loss)
         if loss == "generalized_dice":
-            results["untrained"] = per_class_iou(
+            results["untrained"] = helpers.per_class_iou(
                 ids_test, model.predict(x_test, verbose=0).argmax(-1)
             )
         history = model.fit(x, ids, epochs=10, batch_size=16, verbose=0).history
-        results[loss] = per_class_iou(ids_test, model.predict(x_test, verbose=0).argmax(-1))
+        results[loss] = helpers.per_class_iou(ids_test, model.predict(x_test, verbose=0).argmax(-1))
     print(
         "\nheld-out IoU per class (background, rectangle, 3x3 square) and mean:",
         {k: (np.round(v, 3).tolist(), round(float(v.mean()), 3)) for k, v in results.items()},

@@ -100,7 +100,7 @@ def gaussian_kl(mean: Any, log_var: Any, reduction: str = "sum") -> Any:
     log_var = ops.clip(ops.cast(log_var, mean.dtype), LOG_VAR_MIN, LOG_VAR_MAX)
     # exp(lv) - 1 - lv >= 0; expm1 avoids the cancellation near lv = 0 and the clamp
     # removes a last-ulp negative rounding error.
-    variance_term = ops.maximum(ops.expm1(log_var) - log_var, 0.0)
+    variance_term = numerics.maximum(ops.expm1(log_var) - log_var, 0.0)
     per_element = 0.5 * (ops.square(mean) + variance_term)
     return reduce_trailing(per_element, reduction)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from keras import ops
 from lossplug import pairs
+from lossplug.numerics import logaddexp
 
 PLUGIN = "lifted_structure"
 
@@ -33,7 +34,7 @@ PLUGIN = "lifted_structure"
 def pair_objectives(distances: Any, positive: Any, negative: Any, margin: float) -> tuple[Any, Any]:
     """(J_ij for every pair, the scored pairs: positive pairs whose samples have negatives)."""
     lse, has_negatives = pairs.masked_logsumexp(margin - distances, negative)
-    joint = ops.logaddexp(lse[:, None], lse[None, :]) + distances
+    joint = logaddexp(lse[:, None], lse[None, :]) + distances
     scored = ops.logical_and(
         positive, ops.logical_and(has_negatives[:, None], has_negatives[None, :])
     )

@@ -28,8 +28,9 @@ from typing import Any
 
 import attrs
 import lossplug
-from lossplug import Kind, LossResult, PluginSpec, TensorSpec
+from lossplug import Kind, LossResult, PluginSpec
 from lossplug.properties import Custom, NonNegative, ReducesTo, ZeroAtPerfect
+from lossplug.specs import mask_tensors
 
 from . import claims
 
@@ -63,22 +64,9 @@ SPEC = PluginSpec(
     name="lovasz",
     description="Lovasz-softmax (probabilities) and Lovasz hinge (logits) losses, per image",
     config=Config,
-    tensors=(
-        TensorSpec(
-            "y_true",
-            Kind.MASKS,
-            source="inputs",
-            shape=("B", "H", "W", "C"),
-            description="target masks (one-hot over C classes, C = 1 for binary; or class ids "
-            "(B, H, W))",
-        ),
-        TensorSpec(
-            "y_pred",
-            Kind.REAL,
-            shape=("B", "H", "W", "C"),
-            description="probabilities (mode='softmax': softmax or sigmoid outputs) or logits "
-            "(mode='binary')",
-        ),
+    tensors=mask_tensors(
+        "probabilities (mode='softmax': softmax or sigmoid outputs) or logits (mode='binary')",
+        kind=Kind.REAL,
     ),
     properties=(
         NonNegative(),

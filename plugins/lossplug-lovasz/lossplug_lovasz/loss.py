@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
-from lossplug.numerics import segmentation_masks
+from lossplug.numerics import cumsum, maximum, segmentation_masks
 
 PLUGIN = "lovasz"
 
@@ -45,14 +45,14 @@ def lovasz_extension(errors: Any, targets: Any, *, values: Any = None) -> Any:
     ranked = ops.take_along_axis(values, order, axis=-1)
     ranked_targets = ops.take_along_axis(targets, order, axis=-1)
     total = ops.sum(targets, axis=-1, keepdims=True)
-    intersection = total - ops.cumsum(ranked_targets, axis=-1)
-    union = total + ops.cumsum(1.0 - ranked_targets, axis=-1)
+    intersection = total - cumsum(ranked_targets, axis=-1)
+    union = total + cumsum(1.0 - ranked_targets, axis=-1)
     # union >= 1 for 0/1 targets (>= G > 0, or k when G = 0); kept safe for any targets
     safe = ops.where(union > 0.0, union, ops.ones_like(union))
     jaccard = 1.0 - ops.where(union > 0.0, intersection / safe, ops.zeros_like(union))
     previous = ops.concatenate([ops.zeros_like(jaccard[..., :1]), jaccard[..., :-1]], axis=-1)
     # J is non-decreasing in k, so g >= 0; the clamp removes float rounding below 0
-    grad = ops.maximum(jaccard - previous, 0.0)
+    grad = maximum(jaccard - previous, 0.0)
     return ops.sum(ranked * grad, axis=-1)
 
 
@@ -77,4 +77,4 @@ def lovasz_loss(y_true: Any, y_pred: Any, *, mode: str = "softmax", classes: str
     else:
         counted = ops.ones_like(per_class)
     number = ops.sum(counted, axis=-1)
-    return ops.sum(per_class * counted, axis=-1) / ops.maximum(number, 1.0)
+    return ops.sum(per_class * counted, axis=-1) / maximum(number, 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -10,13 +11,13 @@ import keras
 import lossplug
 import numpy as np
 import pytest
+import segmentation_helpers as helpers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
 from lossplug.properties import Example
-from lossplug.testing import call_plugin, conformance_tests
-from lossplug.testing.harness import harness_for
+from lossplug.testing import conformance_tests
 from lossplug_lovasz import CLASSES, claims
 from lossplug_lovasz.loss import lovasz_extension
 
@@ -25,11 +26,10 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 test_conformance = conformance_tests("lovasz")  # the kit: every check and claim
 
 
-def call(y_true, y_pred, **config):
-    """The installed plugin's per-image loss (float32 NumPy), called as the core calls it."""
-    loss, _ = call_plugin("lovasz", {"y_true": y_true}, {"y_pred": y_pred}, config=config)
-    assert loss.shape == (np.shape(y_pred)[0],)
-    return loss
+#: The installed plugin's per-image loss (float32 NumPy), called as the core calls it.
+call = functools.partial(helpers.plugin_loss, "lovasz")
+#: (loss, d sum(loss) / d y_pred), through the kit's harness (no TensorFlow import here).
+gradient = functools.partial(helpers.loss_and_gradient, "lovasz")
 
 
 def example(y_true, y_pred, **config):
@@ -37,15 +37,6 @@ def example(y_true, y_pred, **config):
     return Example({"y_true": y_true}, {"y_pred": y_pred}, spec.make_config(config))
 
 
-def gradient(y_true, y_pred, **config):
-    """d sum(loss) / d y_pred, through the kit's harness (no TensorFlow import here)."""
-    outcome, grads, _ = harness_for("lovasz").gradients(
-        example(y_true, y_pred, **config), ["y_pred"]
-    )
-    return outcome.loss, grads["y_pred"]
-
-
-unit = st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False, width=32)
 logit = st.floats(-6.0, 6.0, allow_nan=False, allow_subnormal=False, width=32)
 
 
@@ -54,7 +45,7 @@ def batches(draw, mode):
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6)))
     shape = (*shape, draw(st.integers(1, 4)))
     y_true = draw(hnp.arrays(np.float32, shape, elements=st.sampled_from([0.0, 1.0])))
-    elements = logit if mode == "binary" else unit
+    elements = logit if mode == "binary" else helpers.unit
     # few distinct values, so that ties in the sort are common
     y_pred = draw(hnp.arrays(np.float32, shape, elements=st.one_of(elements, st.just(0.5))))
     return y_true, y_pred
@@ -192,27 +183,18 @@ def test_extreme_logits_and_half_precision_stay_finite_and_float32():
 
 # --------------------------------------------------------------------- shapes and config
 def test_class_id_masks_and_flattened_binary_masks_are_accepted():
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, 3, size=(2, 4, 5))
-    y_pred = rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32")
-    expected = call(np.eye(3, dtype="float32")[ids], y_pred)
-    np.testing.assert_allclose(call(ids, y_pred), expected, rtol=1e-6)
-    np.testing.assert_allclose(call(ids[..., None], y_pred), expected, rtol=1e-6)
-    binary, logits = (ids == 1).astype("float32"), rng.normal(size=(2, 4, 5, 1)).astype("float32")
-    channel = call(binary[..., None], logits, mode="binary")
-    np.testing.assert_allclose(call(binary, logits, mode="binary"), channel, rtol=1e-6)
-    flat = call(binary.reshape(2, -1), logits.reshape(2, -1), mode="binary")
-    np.testing.assert_allclose(flat, channel, rtol=1e-6)
+    """Softmax probabilities over three classes; logits (the hinge) for the binary mask."""
+    helpers.check_mask_layouts_are_accepted(
+        call,
+        y_pred=lambda rng: rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32"),
+        binary_pred=lambda rng: rng.normal(size=(2, 4, 5, 1)).astype("float32"),
+        mode="binary",
+    )
 
 
 def test_mismatched_masks_and_bad_ids_are_refused():
-    y_pred = np.full((2, 4, 4, 3), 1 / 3, np.float32)
-    with pytest.raises(lossplug.InvalidTensorError, match=r"channels-last masks \(B, \.\.\., C\)"):
-        call(np.zeros((2, 4, 2, 3), np.float32), y_pred)
-    with pytest.raises(lossplug.InvalidTensorError, match="'lovasz'.*class ids"):
-        call(np.zeros((2, 4, 4, 2), np.float32), y_pred)
-    with pytest.raises(Exception, match=r"'lovasz'.*class ids outside \[0, 3\)"):
-        call(np.full((2, 4, 4), 7), y_pred)
+    helpers.check_mismatched_masks_are_refused("lovasz", call)
+    helpers.check_bad_class_ids_are_refused("lovasz", call, bad_id=7)
 
 
 @pytest.mark.parametrize(
@@ -231,64 +213,19 @@ def test_bad_config_is_refused_naming_plugin_field_and_rule(config, words):
 
 
 # --------------------------------------------------------------------- end to end
-def make_discs(n, size=16, seed=0):
-    """Noisy images with one or two discs of radius 3 to 5 (about 26% foreground)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    masks = np.zeros((n, size, size), np.float32)
-    for i in range(n):
-        for _ in range(rng.integers(1, 3)):
-            cy, cx = rng.uniform(2, size - 2, 2)
-            radius = rng.uniform(3.0, 5.0)
-            masks[i] = np.maximum(masks[i], (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2)
-    images = masks * 0.8 + rng.normal(0.0, 0.5, masks.shape)
-    return images[..., None].astype("float32"), masks[..., None]
-
-
-def make_shapes(n, size=16, seed=0):
-    """Class ids: a bright rectangle (1) and a dark 3x3 square (2) on noise (0)."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((n, size, size), np.int64)
-    for i in range(n):
-        r, c = rng.integers(0, size - 6, 2)
-        h, w = rng.integers(3, 7, 2)
-        labels[i, r : r + h, c : c + w] = 1
-        r, c = rng.integers(0, size - 3, 2)
-        labels[i, r : r + 3, c : c + 3] = 2
-    images = rng.normal(0.0, 0.6, size=(n, size, size, 1)).astype("float32")
-    images[..., 0] += np.array([0.0, 1.0, -1.0], np.float32)[labels]
-    return images, labels
-
-
-def iou(truth, predicted):
-    union = np.sum(truth | predicted)
-    return float(np.sum(truth & predicted) / union) if union else 1.0
-
-
-def segmenter(classes, activation, loss):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((16, 16, 1))
-    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
-    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
-    masks = keras.layers.Conv2D(classes, 1, activation=activation, name="masks")(h)
-    model = lossplug.LossModel(inputs, masks)
-    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
-    return model
-
-
 @pytest.mark.slow
 def test_lovasz_hinge_on_logits_matches_binary_cross_entropy():
-    x, y = make_discs(128, seed=0)
-    x_test, y_test = make_discs(128, seed=1)
+    x, y = helpers.make_blobs(128, seed=0, radius=(3.0, 5.0))  # about 26% foreground
+    x_test, y_test = helpers.make_blobs(128, seed=1, radius=(3.0, 5.0))
     truth = y_test > 0.5
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     results = {}
     for name, loss in (("bce", bce), ("lovasz hinge", lossplug.use("lovasz", mode="binary"))):
-        model = segmenter(1, None, loss)
+        model = helpers.segmenter(1, loss, logits=True)
         if name == "bce":
-            results["untrained"] = iou(truth, model.predict(x_test, verbose=0) > 0.0)
+            results["untrained"] = helpers.iou(truth, model.predict(x_test, verbose=0) > 0.0)
         history = model.fit(x, y, epochs=10, batch_size=16, verbose=0).history
-        results[name] = iou(truth, model.predict(x_test, verbose=0) > 0.0)
+        results[name] = helpers.iou(truth, model.predict(x_test, verbose=0) > 0.0)
     print("\nbinary discs, held-out IoU:", {k: round(v, 3) for k, v in results.items()})
     assert history["lovasz"][-1] < 0.5 * history["lovasz"][0]
     assert results["lovasz hinge"] > results["untrained"] + 0.4
@@ -297,14 +234,14 @@ def test_lovasz_hinge_on_logits_matches_binary_cross_entropy():
 
 @pytest.mark.slow
 def test_lovasz_softmax_on_three_classes_matches_cross_entropy():
-    x, ids = make_shapes(128, seed=0)
-    x_test, ids_test = make_shapes(128, seed=1)
+    x, ids = helpers.make_shapes(128, seed=0)
+    x_test, ids_test = helpers.make_shapes(128, seed=1)
     results = {}
     for loss in ("sparse_categorical_crossentropy", "lovasz"):
-        model = segmenter(3, "softmax", loss)
+        model = helpers.segmenter(3, loss)
         model.fit(x, ids, epochs=10, batch_size=16, verbose=0)
         predicted = model.predict(x_test, verbose=0).argmax(-1)
-        results[loss] = np.array([iou(ids_test == c, predicted == c) for c in range(3)])
+        results[loss] = helpers.per_class_iou(ids_test, predicted)
     print(
         "\nthree classes, held-out IoU per class and mean:",
         {k: (np.round(v, 3).tolist(), round(float(v.mean()), 3)) for k, v in results.items()},

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 from keras import ops
-from lossplug.numerics import l2_normalize
+from lossplug.numerics import compute_dtype, l2_normalize, matmul
 
 from .margins import cosine_and_sine, target_logit
 from .sampling import Sample, sample_classes, sample_size, sampled_columns
@@ -40,12 +39,12 @@ def margin_logits(
     ``weights`` has C' * K columns and ``labels`` lie in [0, C').
     """
     classes = config.num_classes if num_classes is None else num_classes
-    dtype = "float64" if keras.backend.standardize_dtype(features.dtype) == "float64" else "float32"
+    dtype = compute_dtype(features)
     # bounded, finite gradients at (and near) zero features or weight columns
     x = l2_normalize(ops.cast(features, dtype), axis=1)
     w = l2_normalize(ops.cast(weights, dtype), axis=0)
     labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
-    cosine = ops.matmul(x, w)  # (B, C' * K): the only (batch, classes) matrix besides the logits
+    cosine = matmul(x, w)  # (B, C' * K): the only (batch, classes) matrix besides the logits
     target_columns = labels
     if config.sub_centers > 1:
         cosine, target_columns = nearest_sub_centers(cosine, labels, classes, config.sub_centers)

@@ -34,6 +34,7 @@ import math
 from typing import Any
 
 from keras import ops
+from lossplug.numerics import arctan2, cos, floor
 
 KINDS = ("arcface", "cosface", "sphereface")
 
@@ -86,7 +87,7 @@ def angle(cosine: Any, sine: Any) -> Any:
     defined = radius2 > TINY
     theta = ops.where(
         defined,
-        ops.arctan2(ops.where(defined, sine, 0.0), ops.where(defined, cosine, 1.0)),
+        arctan2(ops.where(defined, sine, 0.0), ops.where(defined, cosine, 1.0)),
         0.0,
     )
     return ops.where(radius2 >= DIRECTED, theta, ops.stop_gradient(theta))
@@ -112,8 +113,8 @@ def target_logit(
         return ops.where(theta <= math.pi - margin, shifted, cosine - margin * math.sin(margin))
     if kind == "sphereface":
         theta = angle(cosine, sine)
-        k = ops.floor(ops.stop_gradient(theta) * (margin / math.pi))
-        sign = 1.0 - 2.0 * (k - 2.0 * ops.floor(k / 2.0))  # (-1)^k
-        psi = sign * ops.cos(margin * theta) - 2.0 * k
+        k = floor(ops.stop_gradient(theta) * (margin / math.pi))
+        sign = 1.0 - 2.0 * (k - 2.0 * floor(k / 2.0))  # (-1)^k
+        psi = sign * cos(margin * theta) - 2.0 * k
         return (sphere_lambda * cosine + psi) / (1.0 + sphere_lambda)
     raise ValueError(f"unknown margin_softmax kind {kind!r}; expected one of {KINDS}")

@@ -3,30 +3,26 @@ degenerate batches, configuration errors, the conformance kit and training on di
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras
+import embedding_helpers as helpers
 import lossplug
 import lossplug_multi_similarity as plugin
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 from lossplug.numerics import L2_EPSILON
 from lossplug.properties import Example
 from lossplug.testing import call_plugin, conformance_tests
-from lossplug.testing.harness import harness_for
 from lossplug_multi_similarity.claims import perfect
 from lossplug_multi_similarity.loss import multi_similarity_loss
 
 SETTINGS = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    helpers.SETTINGS, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
 )
 
 
@@ -65,11 +61,8 @@ def reference(x, labels, cfg, weights=None):
 
 @st.composite
 def problems(draw):
-    n = draw(st.integers(1, 8))
-    dim = draw(st.integers(1, 4))
-    x = draw(hnp.arrays(np.float32, (n, dim), elements=st.floats(-3, 3, width=32, allow_nan=False)))
+    x, labels = draw(helpers.labelled_embeddings())
     x[np.linalg.norm(x, axis=1) < 0.1, 0] = 1.0  # directions must exist
-    labels = draw(hnp.arrays(np.int32, (n,), elements=st.integers(0, 2)))
     cfg = config(
         alpha=draw(st.sampled_from([0.5, 2.0, 10.0])),
         beta=draw(st.sampled_from([1.0, 10.0, 50.0])),
@@ -78,9 +71,7 @@ def problems(draw):
         mine=draw(st.booleans()),
         average=draw(st.sampled_from(plugin.AVERAGES)),
     )
-    weights = draw(
-        st.none() | hnp.arrays(np.float32, (n,), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0]))
-    )
+    weights = draw(helpers.sample_weights(len(labels)))
     return x, labels, cfg, weights
 
 
@@ -173,15 +164,8 @@ def test_large_scales_stay_finite():
 
 
 # ----------------------------------------------------------------------------- degenerate
-def loss_and_gradient(x, labels, **values):
-    """The loss and d loss / d embeddings, through the kit's harness."""
-    example = Example(
-        inputs={"y_true": np.asarray(labels, np.int32)},
-        outputs={"embeddings": np.asarray(x, np.float32)},
-        config=config(**values),
-    )
-    outcome, grads, _ = harness_for("multi_similarity").gradients(example, ["embeddings"])
-    return float(outcome.loss), grads["embeddings"]
+#: The loss and d loss / d embeddings, through the kit's harness.
+loss_and_gradient = functools.partial(helpers.loss_and_gradient, "multi_similarity")
 
 
 @pytest.mark.parametrize("mine", [True, False])
@@ -217,48 +201,13 @@ def test_bad_configuration_is_rejected_with_the_field_and_rule(values, fragment)
 
 
 def test_tensors_of_the_wrong_shape_are_reported():
-    with pytest.raises(lossplug.InvalidTensorError, match="'multi_similarity' needs embeddings"):
-        call_plugin(
-            "multi_similarity", {"y_true": np.arange(4)}, {"embeddings": np.zeros((4, 2, 2))}
-        )
-    with pytest.raises(lossplug.InvalidTensorError, match="one-hot"):
-        call_plugin("multi_similarity", {"y_true": np.eye(4)}, {"embeddings": np.zeros((4, 2))})
+    helpers.check_wrong_tensors_are_reported("multi_similarity")
 
 
 test_conformance = conformance_tests("multi_similarity")
 
 
 # ----------------------------------------------------------------------------- training
-def _digits():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    return (x / 16.0).astype("float32"), y.astype("int32")
-
-
-def cosine_distance_ratio(embeddings, labels):
-    """mean inter-class / mean intra-class cosine distance (the loss works on directions)."""
-    d = 1.0 - np_similarities(embeddings)
-    same = labels[:, None] == labels[None, :]
-    off = ~np.eye(len(labels), dtype=bool)
-    return d[~same].mean() / d[same & off].mean()
-
-
 def test_training_on_digits_separates_the_classes():
-    x, y = _digits()
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    hidden = keras.layers.Dense(64, activation="relu")(inputs)
-    embeddings = keras.layers.Dense(16, name="embeddings")(hidden)
-    model = lossplug.LossModel(inputs, embeddings)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=lossplug.use("multi_similarity"))
-    before = cosine_distance_ratio(model.predict(x, verbose=0), y)
-    history = model.fit(x, y, epochs=5, batch_size=128, verbose=0)
-    after = cosine_distance_ratio(model.predict(x, verbose=0), y)
-    losses = history.history["multi_similarity"]
-    print(
-        f"\nmulti_similarity on digits: inter/intra cosine distance ratio {before:.2f} -> "
-        f"{after:.2f}, loss {losses[0]:.4f} -> {losses[-1]:.4f}"
-    )
-    assert losses[-1] < 0.7 * losses[0], losses
-    assert after > 1.5 * before, (before, after)
+    """Cosine distances: the loss works on directions."""
+    helpers.check_training_separates_the_digits("multi_similarity", "cosine")

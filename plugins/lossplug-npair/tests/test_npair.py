@@ -3,31 +3,23 @@ degenerate batches, configuration errors, the conformance kit and training on di
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras
+import embedding_helpers as helpers
 import lossplug
 import lossplug_npair as plugin
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
 from lossplug.numerics import L2_EPSILON
-from lossplug.properties import Example
 from lossplug.testing import call_plugin, conformance_tests
-from lossplug.testing.harness import harness_for
 from lossplug_npair.loss import form_pairs, npair_loss
-
-SETTINGS = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def config(**values):
@@ -66,22 +58,17 @@ def reference(x, labels, cfg, weights=None):
 
 @st.composite
 def problems(draw):
-    n = draw(st.integers(1, 9))
-    dim = draw(st.integers(1, 4))
-    x = draw(hnp.arrays(np.float32, (n, dim), elements=st.floats(-3, 3, width=32, allow_nan=False)))
-    labels = draw(hnp.arrays(np.int32, (n,), elements=st.integers(0, 3)))
+    x, labels = draw(helpers.labelled_embeddings(max_size=9, classes=4))
     cfg = config(
         l2_weight=draw(st.sampled_from([0.0, 0.002, 0.5])),
         similarity=draw(st.sampled_from(plugin.SIMILARITIES)),
     )
-    weights = draw(
-        st.none() | hnp.arrays(np.float32, (n,), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0]))
-    )
+    weights = draw(helpers.sample_weights(len(labels)))
     return x, labels, cfg, weights
 
 
 # ----------------------------------------------------------------------------- the math
-@SETTINGS
+@helpers.SETTINGS
 @given(
     labels=hnp.arrays(np.int32, st.integers(1, 10), elements=st.integers(0, 4)),
     data=st.data(),
@@ -106,7 +93,7 @@ def test_pairs_are_the_first_two_samples_of_each_class_in_canonical_order(labels
     )
 
 
-@SETTINGS
+@helpers.SETTINGS
 @given(problem=problems())
 def test_equals_the_paper_formula(problem):
     x, labels, cfg, weights = problem
@@ -149,15 +136,8 @@ def test_large_inner_products_stay_finite():
 
 
 # ----------------------------------------------------------------------------- degenerate
-def loss_and_gradient(x, labels, **values):
-    """The loss and d loss / d embeddings, through the kit's harness."""
-    example = Example(
-        inputs={"y_true": np.asarray(labels, np.int32)},
-        outputs={"embeddings": np.asarray(x, np.float32)},
-        config=config(**values),
-    )
-    outcome, grads, _ = harness_for("npair").gradients(example, ["embeddings"])
-    return float(outcome.loss), grads["embeddings"]
+#: The loss and d loss / d embeddings, through the kit's harness.
+loss_and_gradient = functools.partial(helpers.loss_and_gradient, "npair")
 
 
 @pytest.mark.parametrize("similarity", plugin.SIMILARITIES)
@@ -187,56 +167,26 @@ def test_bad_configuration_is_rejected_with_the_field_and_rule(values, fragment)
 
 
 def test_tensors_of_the_wrong_shape_are_reported():
-    with pytest.raises(lossplug.InvalidTensorError, match="'npair' needs embeddings"):
-        call_plugin("npair", {"y_true": np.arange(4)}, {"embeddings": np.zeros((4, 2, 2))})
-    with pytest.raises(lossplug.InvalidTensorError, match="one-hot"):
-        call_plugin("npair", {"y_true": np.eye(4)}, {"embeddings": np.zeros((4, 2))})
+    helpers.check_wrong_tensors_are_reported("npair")
 
 
 test_conformance = conformance_tests("npair")
 
 
 # ----------------------------------------------------------------------------- training
-def _digits():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    return (x / 16.0).astype("float32"), y.astype("int32")
-
-
-def cosine_distance_ratio(embeddings, labels):
-    """mean inter-class / mean intra-class cosine distance."""
-    e = np.asarray(embeddings, np.float64)
-    u = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), L2_EPSILON)
-    d = 1.0 - u @ u.T
-    same = labels[:, None] == labels[None, :]
-    off = ~np.eye(len(labels), dtype=bool)
-    return d[~same].mean() / d[same & off].mean()
+def two_of_each_class(labels):
+    """An order of the samples in which each batch of 20 holds two of each of the ten digits."""
+    rng = np.random.default_rng(0)
+    order = []
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(10)]
+    for step in range(min(len(c) for c in by_class) // 2):
+        batch = [c[2 * step : 2 * step + 2] for c in by_class]
+        order.append(np.concatenate(batch)[rng.permutation(20)])
+    return np.concatenate(order)
 
 
 def test_training_on_digits_separates_the_classes():
     """Batches of 20: two samples of each of the ten digits (N = 10 pairs per batch)."""
-    x, y = _digits()
-    rng = np.random.default_rng(0)
-    order = []
-    by_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(10)]
-    for step in range(min(len(c) for c in by_class) // 2):
-        batch = [c[2 * step : 2 * step + 2] for c in by_class]
-        order.append(np.concatenate(batch)[rng.permutation(20)])
-    order = np.concatenate(order)
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    hidden = keras.layers.Dense(64, activation="relu")(inputs)
-    embeddings = keras.layers.Dense(16, name="embeddings")(hidden)
-    model = lossplug.LossModel(inputs, embeddings)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=lossplug.use("npair"))
-    before = cosine_distance_ratio(model.predict(x, verbose=0), y)
-    history = model.fit(x[order], y[order], epochs=5, batch_size=20, shuffle=False, verbose=0)
-    after = cosine_distance_ratio(model.predict(x, verbose=0), y)
-    losses = history.history["npair"]
-    print(
-        f"\nnpair on digits: inter/intra cosine distance ratio {before:.2f} -> {after:.2f}, "
-        f"loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+    helpers.check_training_separates_the_digits(
+        "npair", "cosine", batch_size=20, batch_order=two_of_each_class
     )
-    assert losses[-1] < 0.7 * losses[0], losses
-    assert after > 1.5 * before, (before, after)

@@ -79,7 +79,7 @@ def poly_targets(
 
 def _nonnegative(term: Any, epsilon: float) -> Any:
     """-log u + epsilon (1 - u) >= 0 for epsilon >= -1: clamp the rounding away."""
-    return ops.maximum(term, 0.0) if epsilon < 0 else term
+    return numerics.maximum(term, 0.0) if epsilon < 0 else term
 
 
 def categorical_poly1(target: Any, y_pred: Any, *, epsilon: float, from_logits: bool) -> Any:

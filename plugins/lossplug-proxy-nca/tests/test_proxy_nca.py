@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import embedding_helpers as helpers
 import keras
 import lossplug
-import lossplug_proxy_nca as plugin
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-from lossplug.properties import Example
 from lossplug.testing import call_plugin, conformance_tests
-from lossplug.testing.harness import harness_for
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
@@ -38,17 +36,8 @@ def run(labels, embeddings, proxies, **config):
     return loss.astype(np.float64), metrics
 
 
-def gradients(labels, embeddings, proxies, **config):
-    """(d sum(loss) / d embeddings, d sum(loss) / d proxies) through the kit's harness."""
-    config.setdefault("num_classes", len(proxies))
-    example = Example(
-        {"y_true": labels},
-        {"embeddings": embeddings},
-        plugin.SPEC.make_config(config),
-        state={"proxies": proxies},
-    )
-    _, grads, state_grads = harness_for("proxy_nca").gradients(example, ["embeddings"])
-    return grads["embeddings"], state_grads["proxies"]
+#: (d sum(loss) / d embeddings, d sum(loss) / d proxies) through the kit's harness.
+gradients = functools.partial(helpers.proxy_gradients, "proxy_nca")
 
 
 def reference(labels, x, p, scale, denominator):
@@ -65,18 +54,7 @@ def reference(labels, x, p, scale, denominator):
     return np.array(losses)
 
 
-@st.composite
-def batches(draw):
-    b = draw(st.integers(1, 6))
-    c = draw(st.integers(2, 6))
-    d = draw(st.integers(2, 5))
-    elements = st.floats(-3, 3, width=32).filter(lambda v: abs(v) > 0.05)
-    x = draw(hnp.arrays(np.float32, (b, d), elements=elements))
-    p = draw(hnp.arrays(np.float32, (c, d), elements=elements))
-    y = draw(hnp.arrays(np.int32, (b,), elements=st.integers(0, c - 1)))
-    return y, x, p
-
-
+batches = functools.partial(helpers.proxy_batches, 6, classes=(2, 6), dims=(2, 5))
 scales = st.floats(0.1, 30.0)
 denominators = st.sampled_from(["all", "negatives"])
 
@@ -162,19 +140,7 @@ def test_every_proxy_gets_a_dense_gradient():
 def test_adam_moves_a_proxy_by_the_learning_rate_with_repeated_labels():
     """No IndexedSlices: with k samples of one class, Adam's first step is lr per coordinate,
     not up to sqrt(k) lr (see the authoring guide's note)."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((4,))
-    embeddings = keras.layers.Dense(3, name="embeddings")(inputs)
-    model = lossplug.LossModel(inputs, embeddings)
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.1), loss=lossplug.use("proxy_nca", num_classes=4)
-    )
-    proxies = next(w for w in model.weights if w.path.endswith("proxies"))
-    before = proxies.numpy().copy()
-    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
-    model.fit(x, np.zeros(8, "int32"), epochs=1, batch_size=8, verbose=0)
-    step = np.abs(proxies.numpy() - before)
-    assert step.max() <= 0.1 + 1e-5 and step.max() > 0.09
+    helpers.check_adam_moves_a_proxy_by_the_learning_rate("proxy_nca", np.zeros(8, "int32"))
 
 
 # ----------------------------------------------------------------- config and errors
@@ -196,58 +162,12 @@ def test_config_errors_name_plugin_field_and_rule(values, fragment):
 
 
 def test_bad_labels_are_explained():
-    p = np.eye(3, dtype=np.float32)
-    x = np.ones((2, 3), np.float32)
-    with pytest.raises(Exception, match=r"proxy_nca.*class ids outside \[0, num_classes=3\)"):
-        run(np.array([0, 3]), x, p)
-    with pytest.raises(lossplug.InvalidTensorError, match=r"proxy_nca.*one-hot\?"):
-        run(np.eye(3, dtype=np.int32)[:2], x, p)
+    helpers.check_bad_proxy_labels_are_explained("proxy_nca")
 
 
 # ----------------------------------------------------------------- training
-def _digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    return train_test_split(
-        (x / 16.0).astype("float32"), y, test_size=0.3, random_state=0, stratify=y
-    )
-
-
-def _unit(e):
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-
-def _scores(model, x_train, y_train, x_test, y_test):
-    """(nearest-proxy accuracy, 1-NN accuracy, inter / intra-class distance ratio), held out."""
-    train, test = _unit(model.predict(x_train, verbose=0)), _unit(model.predict(x_test, verbose=0))
-    proxies = _unit(next(w for w in model.weights if w.path.endswith("proxies")).numpy())
-    nearest_proxy = float(((test @ proxies.T).argmax(1) == y_test).mean())
-    one_nn = float((y_train[(test @ train.T).argmax(1)] == y_test).mean())
-    d = np.sqrt(np.maximum(2 - 2 * test @ test.T, 0))
-    same = y_test[:, None] == y_test[None, :]
-    ratio = float(d[~same].mean() / d[same & ~np.eye(len(y_test), dtype=bool)].mean())
-    return nearest_proxy, one_nn, ratio
-
-
 @pytest.mark.slow
 def test_training_on_digits_gathers_each_class_around_its_proxy():
-    x_train, x_test, y_train, y_test = _digits()
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    hidden = keras.layers.Dense(64, activation="relu")(inputs)
-    model = lossplug.LossModel(inputs, keras.layers.Dense(16, name="embeddings")(hidden))
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3), loss=lossplug.use("proxy_nca", num_classes=10)
+    helpers.check_training_gathers_each_class_around_its_proxy(
+        "proxy_nca", loss_drop=0.2, ratio_gain=1.25
     )
-    before = _scores(model, x_train, y_train, x_test, y_test)
-    history = model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0).history
-    after = _scores(model, x_train, y_train, x_test, y_test)
-    names = ("nearest-proxy accuracy", "1-NN accuracy", "inter/intra distance ratio")
-    print("\ndigits, held out, before -> after 5 epochs:")
-    for name, b, a in zip(names, before, after, strict=True):
-        print(f"  {name}: {b:.3f} -> {a:.3f}")
-    assert history["proxy_nca"][-1] < 0.2 * history["proxy_nca"][0]
-    assert history["proxy_nca_proxy_accuracy"][-1] > 0.9
-    assert after[0] > 0.85 and after[1] > before[1] + 0.04 and after[2] > 1.25 * before[2]

@@ -457,10 +457,13 @@ def test_points_1e_3_apart_keep_float64_accuracy_in_float32(strategy):
             error = abs(float(loss) - expected)
     assert error < 2e-6 and abs(naive - expected) > 1e-4, (error, abs(naive - expected))
     scale = np.abs(grads["float64"]).max()
-    if strategy == "batch_hard":
+    if strategy in ("batch_hard", "semi_hard"):
         # The two embeddings of an identity are 1e-3 apart, so an anchor's two nearest
-        # negatives are tied to ~1e-4 and float32 and float64 may pick different ones
-        # (both are subgradients); their sum over each identity's pair agrees.
+        # negatives are tied to ~1e-4 (batch_hard ranks on the Gram form) or within float32
+        # rounding (semi_hard: 11.7483010 and 11.7483022 round to one float32 number), and
+        # float32 and float64 may pick different ones (both are subgradients; which of two
+        # tied values comes first is up to the backend's sort, and torch's is not stable);
+        # their sum over each identity's pair agrees.
         grads = {k: g.reshape(-1, 2, g.shape[1]).sum(axis=1) for k, g in grads.items()}
     assert np.abs(grads["float32"] - grads["float64"]).max() < 1e-4 * scale
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 import lossplug
-from lossplug import Kind, LossResult, PluginConfigError, PluginSpec, TensorSpec
+from lossplug import LossResult, PluginConfigError, PluginSpec
 from lossplug.properties import (
     Bounded,
     Monotone,
@@ -41,6 +41,7 @@ from lossplug.properties import (
     Symmetric,
     ZeroAtPerfect,
 )
+from lossplug.specs import mask_tensors
 
 from . import claims
 
@@ -103,22 +104,7 @@ SPEC = PluginSpec(
     name="tversky",
     description="Tversky and focal Tversky loss (alpha, beta, gamma) for segmentation masks",
     config=Config,
-    tensors=(
-        TensorSpec(
-            "y_true",
-            Kind.MASKS,
-            source="inputs",
-            shape=("B", "H", "W", "C"),
-            description="target masks (one-hot over C classes, C = 1 for binary; or class ids "
-            "(B, H, W))",
-        ),
-        TensorSpec(
-            "y_pred",
-            Kind.MASKS,
-            shape=("B", "H", "W", "C"),
-            description="predicted probabilities (sigmoid or softmax outputs)",
-        ),
-    ),
+    tensors=mask_tensors(),
     properties=(
         NonNegative(),
         Bounded(0.0, 1.0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -10,13 +11,12 @@ import keras
 import lossplug
 import numpy as np
 import pytest
+import segmentation_helpers as helpers
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 from keras import ops
 from lossplug.properties import Example
-from lossplug.testing import call_plugin, conformance_tests
-from lossplug.testing.harness import harness_for
+from lossplug.testing import conformance_tests
 from lossplug_tversky import claims
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
@@ -24,19 +24,10 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 test_conformance = conformance_tests("tversky")  # the kit: every check and claim
 
 
-def call(y_true, y_pred, **config):
-    """The installed plugin's per-sample loss (float32 NumPy), called as the core calls it."""
-    loss, _ = call_plugin("tversky", {"y_true": y_true}, {"y_pred": y_pred}, config=config)
-    assert loss.shape == (np.shape(y_pred)[0],)
-    return loss
-
-
-def gradient(y_true, y_pred, **config):
-    """d sum(loss) / d y_pred, through the kit's harness (no TensorFlow import here)."""
-    spec = lossplug.registry.spec("tversky")
-    example = Example({"y_true": y_true}, {"y_pred": y_pred}, spec.make_config(config))
-    outcome, grads, _ = harness_for("tversky").gradients(example, ["y_pred"])
-    return outcome.loss, grads["y_pred"]
+#: The installed plugin's per-sample loss (float32 NumPy), called as the core calls it.
+call = functools.partial(helpers.plugin_loss, "tversky")
+#: (loss, d sum(loss) / d y_pred), through the kit's harness (no TensorFlow import here).
+gradient = functools.partial(helpers.loss_and_gradient, "tversky")
 
 
 def numpy_tversky(y_true, y_pred, alpha, beta, gamma, smooth):
@@ -51,28 +42,13 @@ def numpy_tversky(y_true, y_pred, alpha, beta, gamma, smooth):
     return np.mean(np.maximum(1.0 - index, 0.0) ** (1.0 / gamma), axis=-1)
 
 
-# No subnormals: TensorFlow flushes them to zero on CPU (see the dice plugin's tests).
-unit = st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False, width=32)
-
-
-@st.composite
-def mask_pairs(draw, binary_target=True):
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5)))
-    shape = (*shape, draw(st.integers(1, 4)))
-    elements = st.sampled_from([0.0, 1.0]) if binary_target else unit
-    y_true = draw(hnp.arrays(np.float32, shape, elements=elements))
-    y_pred = draw(hnp.arrays(np.float32, shape, elements=unit))
-    return y_true, y_pred
-
-
 weights = st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0, 2.0])
 gammas = st.sampled_from([0.5, 1.0, 4.0 / 3.0, 2.0, 3.0])
-smooths = st.sampled_from([0.0, 1e-3, 1.0, 10.0])
 
 
 # --------------------------------------------------------------------- mathematics
 @SETTINGS
-@given(mask_pairs(binary_target=False), weights, weights, gammas, smooths)
+@given(helpers.mask_pairs(binary_target=False), weights, weights, gammas, helpers.smooths)
 def test_matches_the_papers_formula(pair, alpha, beta, gamma, smooth):
     if alpha + beta == 0:
         alpha = 0.5
@@ -95,7 +71,7 @@ def test_a_hand_computed_value_in_abraham_and_khans_convention():
 
 
 @SETTINGS
-@given(mask_pairs(), smooths)
+@given(helpers.mask_pairs(), helpers.smooths)
 def test_at_half_half_and_gamma_one_it_is_dice_with_twice_the_smoothing(pair, smooth):
     y_true, y_pred = pair
     config = {"alpha": 0.5, "beta": 0.5, "gamma": 1.0, "smooth": smooth}
@@ -109,7 +85,7 @@ def test_at_half_half_and_gamma_one_it_is_dice_with_twice_the_smoothing(pair, sm
 
 
 @SETTINGS
-@given(mask_pairs(binary_target=False), smooths, st.sampled_from([0.0, 0.2, 0.5]))
+@given(helpers.mask_pairs(binary_target=False), helpers.smooths, st.sampled_from([0.0, 0.2, 0.5]))
 def test_more_weight_on_an_error_never_lowers_the_loss(pair, smooth, base):
     y_true, y_pred = pair
     values = [call(y_true, y_pred, alpha=a, beta=0.5, smooth=smooth) for a in (base, 0.7, 1.5)]
@@ -158,45 +134,21 @@ def test_multi_class_averages_the_classes():
 
 # --------------------------------------------------------------------- shapes and numerics
 def test_class_id_masks_and_channel_free_binary_masks_are_accepted():
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, 3, size=(2, 4, 5))
-    one_hot = np.eye(3, dtype="float32")[ids]
-    y_pred = rng.uniform(size=(2, 4, 5, 3)).astype("float32")
-    expected = call(one_hot, y_pred)
-    np.testing.assert_allclose(call(ids, y_pred), expected, rtol=1e-6)
-    np.testing.assert_allclose(call(ids[..., None], y_pred), expected, rtol=1e-6)
-    binary = (ids == 1).astype("float32")
-    probabilities = y_pred[..., 1:2]
-    np.testing.assert_allclose(call(binary, probabilities), call(binary[..., None], probabilities))
-    flat_true, flat_pred = binary.reshape(2, -1), probabilities.reshape(2, -1)
-    np.testing.assert_allclose(
-        call(flat_true, flat_pred), call(binary[..., None], probabilities), rtol=1e-6
-    )
+    helpers.check_mask_layouts_are_accepted(call)
 
 
 def test_mismatched_masks_are_refused_with_the_convention():
-    y_pred = np.full((2, 4, 4, 3), 1 / 3, np.float32)
-    with pytest.raises(lossplug.InvalidTensorError, match=r"channels-last masks \(B, \.\.\., C\)"):
-        call(np.zeros((2, 4, 2, 3), np.float32), y_pred)
-    with pytest.raises(lossplug.InvalidTensorError, match="class ids of shape"):
-        call(np.zeros((2, 4, 4, 2), np.float32), y_pred)
-    with pytest.raises(lossplug.InvalidTensorError, match="flattened binary mask"):
-        call(np.zeros((2, 16, 1), np.float32), np.zeros((2, 16), np.float32))
+    helpers.check_mismatched_masks_are_refused("tversky", call)
 
 
 def test_class_ids_out_of_range_are_refused():
-    with pytest.raises(Exception, match=r"class ids outside \[0, 3\)"):
-        call(np.full((1, 2, 2), 3), np.full((1, 2, 2, 3), 1 / 3, np.float32))
+    helpers.check_bad_class_ids_are_refused("tversky", call, bad_id=3)
 
 
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 4.0 / 3.0, 3.0])
 def test_perfect_and_empty_masks_give_zero_with_finite_gradients(gamma):
-    y_true = np.zeros((2, 3, 3, 2), np.float32)
-    y_true[0, :2, :2, 0] = 1.0
     for smooth in (0.0, 1.0):
-        loss, grad = gradient(y_true, y_true.copy(), gamma=gamma, smooth=smooth)
-        np.testing.assert_array_equal(loss, 0.0)
-        assert np.all(np.isfinite(grad))
+        helpers.check_perfect_and_empty_masks_give_zero(gradient, gamma=gamma, smooth=smooth)
 
 
 def test_near_perfect_focal_gradient_is_the_analytic_one():
@@ -220,12 +172,9 @@ def test_near_perfect_focal_gradient_is_the_analytic_one():
 
 
 def test_half_precision_masks_give_the_float32_loss():
-    rng = np.random.default_rng(0)
-    y_true = rng.integers(0, 2, size=(2, 64, 64, 1)).astype("float16")
-    y_pred = rng.uniform(size=(2, 64, 64, 1)).astype("float16")  # sums exceed float16 precision
-    loss = call(y_true, y_pred)
-    assert loss.dtype == np.float32
-    np.testing.assert_allclose(loss, numpy_tversky(y_true, y_pred, 0.3, 0.7, 4 / 3, 1.0), rtol=1e-4)
+    helpers.check_half_precision_gives_the_float32_loss(
+        call, lambda y_true, y_pred: numpy_tversky(y_true, y_pred, 0.3, 0.7, 4 / 3, 1.0)
+    )
 
 
 # --------------------------------------------------------------------- config and names
@@ -278,35 +227,13 @@ def test_keras_tversky_stays_available_as_an_object():
 
 
 # --------------------------------------------------------------------- end to end
-def make_blobs(n, size=16, seed=0):
-    """Noisy images with one or two small discs (about 8% foreground): an imbalanced task."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    masks = np.zeros((n, size, size), np.float32)
-    for i in range(n):
-        for _ in range(rng.integers(1, 3)):
-            cy, cx = rng.uniform(2, size - 2, 2)
-            radius = rng.uniform(1.2, 2.8)
-            masks[i] = np.maximum(masks[i], (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2)
-    images = masks * 0.8 + rng.normal(0.0, 0.5, masks.shape)
-    return images[..., None].astype("float32"), masks[..., None]
-
-
 def iou_and_recall(y, probabilities):
     hard, truth = probabilities > 0.5, y > 0.5
-    union = np.sum(hard | truth)
-    iou = np.sum(hard & truth) / union if union else 1.0
-    return float(iou), float(np.sum(hard & truth) / np.sum(truth))
+    return helpers.iou(truth, hard), float(np.sum(hard & truth) / np.sum(truth))
 
 
 def train(loss, x, y, x_test, y_test):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((16, 16, 1))
-    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
-    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
-    masks = keras.layers.Conv2D(1, 1, activation="sigmoid", name="masks")(h)
-    model = lossplug.LossModel(inputs, masks)
-    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
+    model = helpers.segmenter(1, loss)
     before = iou_and_recall(y_test, model.predict(x_test, verbose=0))
     history = model.fit(x, y, epochs=10, batch_size=16, verbose=0).history
     return before, iou_and_recall(y_test, model.predict(x_test, verbose=0)), history
@@ -314,8 +241,8 @@ def train(loss, x, y, x_test, y_test):
 
 @pytest.mark.slow
 def test_tversky_segments_small_blobs_where_bce_gives_up():
-    x, y = make_blobs(128, seed=0)
-    x_test, y_test = make_blobs(128, seed=1)
+    x, y = helpers.make_blobs(128, seed=0)
+    x_test, y_test = helpers.make_blobs(128, seed=1)
     before, after, history = train("tversky", x, y, x_test, y_test)
     _, bce, _ = train("binary_crossentropy", x, y, x_test, y_test)
     _, balanced, _ = train(
