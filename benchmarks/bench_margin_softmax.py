@@ -559,15 +559,9 @@ def backends_table(args, report, sizes, backends) -> None:
 
 def pml_table(args, report, sizes) -> None:
     name = "margin_softmax_pml"
-    if not benchlib.pml_available():
-        report.add(
-            name,
-            "pytorch-metric-learning is not installed, so the PML comparison was skipped "
-            "(`pip install pytorch-metric-learning` and run again to get it).",
-        )
-        return
-    if not sizes:
-        report.add(name, "The PML comparison was not requested (`--pml-classes` is empty).")
+    skipped = benchlib.pml_skipped(sizes, "--pml-classes")
+    if skipped:
+        report.add(name, skipped)
         return
     report.used.update({"torch", "pytorch-metric-learning"})
     spec = {"task": "pml", "classes": sizes, "batch": PML_BATCH, "runs": args.runs}
@@ -579,26 +573,8 @@ def pml_table(args, report, sizes) -> None:
             spec = {"task": "memory", "impl": impl, "classes": classes, "batch": PML_BATCH}
             memory[impl] = benchlib.run_worker(__file__, spec, backend="torch", timeout=900)
         print(f"  PML memory C={classes}: {memory}", file=sys.stderr, flush=True)
-        ours_m, pml_m = memory["lossplug"], memory["pml"]
-        if isinstance(ours_m, str) or isinstance(pml_m, str):
-            mem = [str(ours_m), str(pml_m), "-"]
-        else:
-            mem = [fmt_mb(ours_m), fmt_mb(pml_m), f"{ours_m / max(pml_m, 1.0):.2f}x"]
         cell = timed if isinstance(timed, str) else timed[str(classes)]
-        if isinstance(cell, str):
-            rows.append([f"{classes:,}", cell, "-", "-", *mem, "-"])
-            continue
-        t, loss = cell["times"], cell["loss"]
-        rows.append(
-            [
-                f"{classes:,}",
-                fmt_ms(t["lossplug"]),
-                fmt_ms(t["pml"]),
-                fmt_ratio(benchlib.ratios(t["lossplug"], t["pml"])),
-                *mem,
-                f"{loss['lossplug']:.4f} / {loss['pml']:.4f}",
-            ]
-        )
+        rows.append([f"{classes:,}", *benchlib.pml_cells(cell, memory["lossplug"], memory["pml"])])
     report.add(
         name,
         f"The plugin (PyTorch backend, eager) against pytorch-metric-learning's "
@@ -609,16 +585,7 @@ def pml_table(args, report, sizes) -> None:
         "lossplug / PML (below 1: lossplug is faster; range in brackets). Memory: peak RSS "
         "growth of one pass, one fresh process per implementation and C.",
         benchlib.table(
-            [
-                "classes",
-                "lossplug time",
-                "PML time",
-                "time ratio (lossplug / PML)",
-                "lossplug memory",
-                "PML memory",
-                "memory ratio (lossplug / PML)",
-                "mean loss lossplug / PML",
-            ],
+            ["classes", *benchlib.PML_COLUMNS, "mean loss lossplug / PML"],
             "rrrrrrrr",
             rows,
         ),

@@ -363,13 +363,7 @@ def plugin_table(args, report, sizes) -> None:
     for strategy in args.strategies:
         for impl in ("plugin", "naive"):
             chosen = [s for s in sizes if impl == "plugin" or naive_runs(strategy, s)]
-            if not chosen:
-                continue
-            spec = {"task": "memory", "impl": impl, "strategy": strategy, "sizes": chosen}
-            result = benchlib.run_worker(__file__, spec, backend="tensorflow")
-            print(f"  memory {impl} {strategy}: {result}", file=sys.stderr, flush=True)
-            for i, size in enumerate(chosen):
-                memory[impl, strategy, size] = result if isinstance(result, str) else result[i]
+            measure_memory(memory, impl, strategy, chosen, "tensorflow", "memory")
     rows = []
     for strategy in args.strategies:
         for size in sizes:
@@ -466,17 +460,24 @@ def _slow_rule(args) -> str:
     )
 
 
+def measure_memory(
+    memory: dict, impl: str, strategy: str, sizes: list[int], backend: str, label: str
+) -> None:
+    """memory[impl, strategy, size] for each of ``sizes``: one fresh worker process."""
+    if not sizes:
+        return
+    spec = {"task": "memory", "impl": impl, "strategy": strategy, "sizes": sizes}
+    result = benchlib.run_worker(__file__, spec, backend=backend)
+    print(f"  {label} {impl} {strategy}: {result}", file=sys.stderr, flush=True)
+    for i, size in enumerate(sizes):
+        memory[impl, strategy, size] = result if isinstance(result, str) else result[i]
+
+
 def pml_table(args, report, sizes) -> None:
     name = "triplet_pml"
-    if not benchlib.pml_available():
-        report.add(
-            name,
-            "pytorch-metric-learning is not installed, so the PML comparison was skipped "
-            "(`pip install pytorch-metric-learning` and run again to get it).",
-        )
-        return
-    if not sizes:
-        report.add(name, "The PML comparison was not requested (`--pml-sizes` is empty).")
+    skipped = benchlib.pml_skipped(sizes, "--pml-sizes")
+    if skipped:
+        report.add(name, skipped)
         return
     report.used.update({"torch", "pytorch-metric-learning"})
     spec = {
@@ -496,39 +497,17 @@ def pml_table(args, report, sizes) -> None:
             if not isinstance(timed, str) and isinstance(timed[f"{strategy}:{size}"], dict)
         ]
         for impl in ("lossplug", "pml"):
-            if not chosen:
-                continue
-            spec = {"task": "memory", "impl": impl, "strategy": strategy, "sizes": chosen}
-            result = benchlib.run_worker(__file__, spec, backend="torch")
-            print(f"  PML memory {impl} {strategy}: {result}", file=sys.stderr, flush=True)
-            for i, size in enumerate(chosen):
-                memory[impl, strategy, size] = result if isinstance(result, str) else result[i]
+            measure_memory(memory, impl, strategy, chosen, "torch", "PML memory")
     rows = []
     for strategy in args.strategies:
         for size in sizes:
             cell = timed if isinstance(timed, str) else timed[f"{strategy}:{size}"]
-            ours_m = memory.get(("lossplug", strategy, size), "-")
-            pml_m = memory.get(("pml", strategy, size), "-")
-            if isinstance(ours_m, str) or isinstance(pml_m, str):
-                mem = [str(ours_m), str(pml_m), "-"]
-            else:
-                mem = [fmt_mb(ours_m), fmt_mb(pml_m), f"{ours_m / max(pml_m, 1.0):.2f}x"]
-            if isinstance(cell, str):
-                rows.append([strategy, PML_MINERS[strategy], size, cell, "-", "-", *mem, "-"])
-                continue
-            t, loss = cell["times"], cell["loss"]
-            rows.append(
-                [
-                    strategy,
-                    PML_MINERS[strategy],
-                    size,
-                    fmt_ms(t["lossplug"]),
-                    fmt_ms(t["pml"]),
-                    fmt_ratio(benchlib.ratios(t["lossplug"], t["pml"])),
-                    *mem,
-                    f"{loss['lossplug']:.4f} / {loss['pml']:.4f}",
-                ]
+            cells = benchlib.pml_cells(
+                cell,
+                memory.get(("lossplug", strategy, size), "-"),
+                memory.get(("pml", strategy, size), "-"),
             )
+            rows.append([strategy, PML_MINERS[strategy], size, *cells])
     report.add(
         name,
         f'The plugin (`average="active"`, PyTorch backend, eager) against '
@@ -547,12 +526,7 @@ def pml_table(args, report, sizes) -> None:
                 "strategy",
                 "PML miner",
                 "B",
-                "lossplug time",
-                "PML time",
-                "time ratio (lossplug / PML)",
-                "lossplug memory",
-                "PML memory",
-                "memory ratio (lossplug / PML)",
+                *benchlib.PML_COLUMNS,
                 "loss lossplug / PML",
             ],
             "llrrrrrrrr",

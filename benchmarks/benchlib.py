@@ -342,6 +342,52 @@ def pml_available() -> bool:
     return version("pytorch-metric-learning") is not None
 
 
+def pml_skipped(sizes: Sequence[Any], option: str) -> str | None:
+    """Why a PML comparison does not run (``option``: the flag listing its sizes), or None."""
+    if not pml_available():
+        return (
+            "pytorch-metric-learning is not installed, so the PML comparison was skipped "
+            "(`pip install pytorch-metric-learning` and run again to get it)."
+        )
+    if not sizes:
+        return f"The PML comparison was not requested (`{option}` is empty)."
+    return None
+
+
+#: The columns of a PML comparison after its configuration columns (then the losses).
+PML_COLUMNS = (
+    "lossplug time",
+    "PML time",
+    "time ratio (lossplug / PML)",
+    "lossplug memory",
+    "PML memory",
+    "memory ratio (lossplug / PML)",
+)
+
+
+def pml_cells(timed: Any, ours_memory: Any, pml_memory: Any) -> list[str]:
+    """The :data:`PML_COLUMNS` cells and the loss cell of one configuration.
+
+    ``timed``: the worker's ``{"times": {impl: seconds}, "loss": {impl: value}}`` or a
+    string saying why it was not timed; memories in bytes or such a string.
+    """
+    if isinstance(ours_memory, str) or isinstance(pml_memory, str):
+        memory = [str(ours_memory), str(pml_memory), "-"]
+    else:
+        ratio = ours_memory / max(pml_memory, 1.0)
+        memory = [fmt_mb(ours_memory), fmt_mb(pml_memory), f"{ratio:.2f}x"]
+    if isinstance(timed, str):
+        return [timed, "-", "-", *memory, "-"]
+    times, loss = timed["times"], timed["loss"]
+    return [
+        fmt_ms(times["lossplug"]),
+        fmt_ms(times["pml"]),
+        fmt_ratio(ratios(times["lossplug"], times["pml"])),
+        *memory,
+        f"{loss['lossplug']:.4f} / {loss['pml']:.4f}",
+    ]
+
+
 # ----------------------------------------------------------------------------- one backend
 def value_and_grad(fn: Callable[..., Any], wrt: Sequence[int]) -> Callable[..., Any]:
     """``step(*args) -> (value, [gradients of value w.r.t. args[i] for i in wrt])``, compiled

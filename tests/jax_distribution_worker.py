@@ -30,6 +30,7 @@ import keras  # noqa: E402
 import lossplug  # noqa: E402
 import numpy as np  # noqa: E402
 import toy_plugins as tp  # noqa: E402
+from shared_terms import global_memory_term  # noqa: E402
 
 for plugin in (tp.SparseCE(), tp.ToyCenter(), tp.BatchSpread()):
     lossplug.register(plugin)
@@ -54,16 +55,8 @@ if center_paper:
     center = lossplug.use("center", weight=0.5, num_classes=3, alpha=0.5, update="paper")
     terms = ["toy_ce", center]
     stateful = ["center"]
-    if with_memory:  # a ring buffer written from, and mined over, the global batch
-        memory = lossplug.use(
-            "cross_batch_memory",
-            weight=0.2,
-            memory_size=80,
-            warmup_steps=2,
-            global_batch=True,
-            bind={"embeddings": "features"},
-        )
-        terms.append(memory)
+    if with_memory:
+        terms.append(global_memory_term())
         stateful.append("cross_batch_memory")
     model.compile(keras.optimizers.Adam(1e-2), loss=terms)
     fit_args = {"batch_size": GLOBAL_BATCH, "shuffle": False, "verbose": 0}

@@ -24,6 +24,7 @@ if mode == "mirrored":
 import keras  # noqa: E402
 import lossplug  # noqa: E402
 import toy_plugins as tp  # noqa: E402
+from shared_terms import global_memory_term  # noqa: E402
 
 for plugin in (tp.SparseCE(), tp.ToyCenter(), tp.BatchSpread(), tp.NanAt()):
     lossplug.register(plugin)
@@ -110,15 +111,7 @@ if variant:
         center = lossplug.use("center", weight=0.5, num_classes=3, alpha=0.5, update="paper")
         terms = ["toy_ce", center]
         if variant == "memory":
-            memory = lossplug.use(
-                "cross_batch_memory",
-                weight=0.2,
-                memory_size=80,
-                warmup_steps=2,
-                global_batch=True,
-                bind={"embeddings": "features"},
-            )
-            terms.append(memory)
+            terms.append(global_memory_term())
         model.compile(keras.optimizers.Adam(1e-2), loss=terms)
     assert not frozen or not model.trainable_weights
     stateful = ["center", "cross_batch_memory"] if variant == "memory" else ["center"]

@@ -152,10 +152,9 @@ class TrainingCallback(keras.callbacks.Callback):
     where the backend allows it (JAX, PyTorch), as for a plain Keras model.
     """
 
-    def __init__(self, model: Any, *, check_finite: bool) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self._owner = model
-        self._check_finite = check_finite
         self._epoch = 0
         self._batch = 0
         self._phase = "training"
@@ -216,9 +215,6 @@ class TrainingCallback(keras.callbacks.Callback):
         """
         from . import backend
 
-        if not self._check_finite:
-            self._raise_reported(self._batch, "training")
-            return
         owner = self._owner
         backend.current().sync_training_state(owner)  # JAX: the guard lives in fit's state
         guard = owner._lossplug_guard
@@ -266,8 +262,8 @@ class TrainingCallback(keras.callbacks.Callback):
             + " ".join(dict.fromkeys(hints))
         )
 
-    def _report(self, error: LossplugError, batch: int) -> None:
-        self._batch, self._phase = batch, "training"
+    def _report(self, error: LossplugError, batch: int, phase: str = "training") -> None:
+        self._batch, self._phase = batch, phase
         self.note(error)
         self._stop(error)
 
@@ -281,11 +277,8 @@ class TrainingCallback(keras.callbacks.Callback):
 
     def _raise_reported(self, batch: int, phase: str) -> None:
         error = runtime.take_reported()
-        if error is None:
-            return
-        self._batch, self._phase = batch, phase
-        self.note(error)
-        self._stop(error)
+        if error is not None:
+            self._report(error, batch, phase)
 
 
 class UnguardedTrainingCallback(TrainingCallback):
@@ -294,6 +287,9 @@ class UnguardedTrainingCallback(TrainingCallback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self._raise_reported(batch, "training")
+
+    def _check_epoch(self, logs: dict[str, Any] | None) -> None:
+        self._raise_reported(self._batch, "training")
 
 
 def _finite(value: Any) -> bool:

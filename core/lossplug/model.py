@@ -680,8 +680,8 @@ class LossModel(_Trainer, keras.Model):
 
     def _lossplug_callback(self) -> TrainingCallback:
         if self._lossplug.value["check_finite"]:
-            return TrainingCallback(self, check_finite=True)
-        return UnguardedTrainingCallback(self, check_finite=False)
+            return TrainingCallback(self)
+        return UnguardedTrainingCallback(self)
 
     # ------------------------------------------------------------------ save
     def get_compile_config(self) -> dict[str, Any] | None:
