@@ -22,7 +22,7 @@ def toy_plugins():
     import lossplug
     import toy_plugins as tp
 
-    plugins = [tp.SparseCE(), tp.ToyCenter(), tp.EpochProbe(), tp.NanAt()]
+    plugins = [tp.SparseCE(), tp.ToyCenter(), tp.EpochProbe(), tp.NanAt(), tp.NanGradientAt()]
     names = [lossplug.register(p, replace=True).name for p in plugins]
     yield tp
     for name in names:

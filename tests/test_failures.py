@@ -93,6 +93,27 @@ def test_non_finite_plugin_term_at_a_later_batch_stops_before_that_step(mode, va
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
+def test_a_non_finite_gradient_with_finite_terms_is_named_at_its_batch(mode):
+    """Every term finite, a gradient NaN at epoch 1, batch 2: the guard names that batch
+    (read after the fact from its in-graph record) and leaves the weights of batch 1."""
+    x, y = marked_data(bad_batch=2)
+    model = model_for(loss=["toy_ce", "toy_nan_gradient_at"], **MODES[mode])
+    snapshot = Snapshot(epoch=1, batch=1)
+    with pytest.raises(lossplug.NonFiniteLossError) as info:
+        model.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0, callbacks=[snapshot])
+    message = str(info.value)
+    assert message.startswith(
+        "the training step at epoch 1, batch 2 had a non-finite gradient (every loss term "
+        "was finite). Training stopped and that step was not applied"
+    ), message
+    assert "those from before batch 2" in message
+    assert "lossplug check NAME" in message
+    for got, want in zip(weights_of(model), snapshot.weights, strict=True):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
 def test_non_finite_keras_loss_term_is_named_too(mode):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(96, 8)).astype("float32")

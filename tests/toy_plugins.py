@@ -170,3 +170,32 @@ class NanAt:
         marked = ops.cast(inputs["x"], "float32")[:, 0] > 100.0
         late = extras.epoch >= extras.config.epoch
         return ops.where(ops.logical_and(marked, late), extras.config.value, clean)
+
+
+class NanGradientAt:
+    """mean(y_pred^2) per sample plus a term that is 0 with a NaN gradient for samples with
+    x[:, 0] > 100 from ``epoch`` on: sqrt(u) at u = (y_pred - stop_gradient(y_pred))^2 = 0
+    has derivative inf * 0. The loss stays finite; only the gradient is not.
+    """
+
+    @hookimpl
+    def lossplug_spec(self) -> PluginSpec:
+        return PluginSpec(
+            name="toy_nan_gradient_at",
+            description="finite loss, NaN gradient at a chosen epoch for marked samples",
+            config=NanAtConfig,
+            tensors=(
+                TensorSpec("x", Kind.REAL, source="inputs"),
+                TensorSpec("y_pred", Kind.REAL),
+            ),
+        )
+
+    @hookimpl
+    def build_loss_graph(self, inputs, outputs, extras):
+        pred = ops.cast(outputs["y_pred"], "float32")
+        clean = ops.mean(pred * pred, axis=-1)
+        marked = ops.cast(inputs["x"], "float32")[:, 0] > 100.0
+        bad = ops.logical_and(marked, extras.epoch >= extras.config.epoch)
+        # the other rows take sqrt(1) (a constant), so no NaN reaches their gradient
+        u = ops.where(bad[:, None], ops.square(pred - ops.stop_gradient(pred)), 1.0)
+        return clean + ops.where(bad, ops.sum(ops.sqrt(u), axis=-1), 0.0)
