@@ -8,14 +8,25 @@ hand-written one is the best Keras 3 recipe: a functional model whose
 The Keras backend is fixed per process, so each backend of ``--backends`` runs in a
 fresh process (``KERAS_BACKEND`` set) that builds both models for each ``jit_compile``
 setting and times them there; this process collects the results and writes one table,
-a row per backend x jit_compile. Within a process the two models take turns step by
-step (in alternating order), so both share the machine's drift and noise: each round
-gives the ratio of the two median step times, and the table reports the median ratio
-over the rounds with its quartiles and range. A round runs ``--steps`` steps of each
-model, fewer where a step is slow (JAX without jit runs op by op): at most about
-``--round-seconds`` per model and round, at least 5 steps.
+a row per backend x jit_compile. Within a process the two models take turns (in
+alternating order), so both share the machine's drift and noise: each round gives the
+ratio of the two models' times, and the table reports the median ratio over the rounds
+with its quartiles and range.
 
-    python benchmarks/bench_train_step.py --write            # full run (~4 minutes)
+Two ways to time a step (``--mode``):
+
+- ``fit`` (the default, what users run): one round is one ``model.fit`` epoch of
+  ``--steps`` batches per model; the step time is the epoch's time over its steps. Keras
+  dispatches steps asynchronously here (on JAX and PyTorch when no callback needs every
+  batch), so this is the throughput a user sees.
+- ``train_on_batch``: every step is a separate call that waits for its result; a round
+  is ``--steps`` such calls per model, and its ratio is that of the median step times.
+  This adds Keras' per-call cost (it grows with the number of variables) to both models.
+
+A round runs fewer steps where a step is slow (JAX without jit runs op by op): at most
+about ``--round-seconds`` per model and round, at least 5 steps.
+
+    python benchmarks/bench_train_step.py --write            # full run (~6 minutes)
     python benchmarks/bench_train_step.py --quick            # a smoke run (~1 minute)
     python benchmarks/bench_train_step.py --backends tensorflow,jax,torch --write
 
@@ -94,8 +105,8 @@ def build(kind: str, jit: bool):
     return model
 
 
-def time_models(jit: bool, rounds: int, max_steps: int, round_seconds: float) -> dict:
-    """Per-round median step times of both models, interleaved step by step."""
+def time_models(jit: bool, mode: str, rounds: int, max_steps: int, round_seconds: float) -> dict:
+    """Per-round step times of both models, taking turns, in ``mode`` (fit or train_on_batch)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -111,6 +122,23 @@ def time_models(jit: bool, rounds: int, max_steps: int, round_seconds: float) ->
             model.train_on_batch(x[i % len(x)], y[i % len(y)])
         estimate = max(estimate, (time.perf_counter() - start) / 3)
     steps = max(5, min(max_steps, int(round_seconds / estimate)))
+    if mode == "fit":
+        samples = _time_fit(models, x, y, rounds, steps)
+    else:
+        samples = _time_train_on_batch(models, x, y, rounds, steps)
+    return {
+        "steps": steps,
+        "hand_ms": 1e3 * statistics.median(t for r in samples["hand"] for t in r),
+        "lossplug_ms": 1e3 * statistics.median(t for r in samples["lossplug"] for t in r),
+        "round_ratios": [
+            statistics.median(ours) / statistics.median(hand)
+            for ours, hand in zip(samples["lossplug"], samples["hand"], strict=True)
+        ],
+    }
+
+
+def _time_train_on_batch(models: dict, x, y, rounds: int, steps: int) -> dict:
+    """Per round and model, the time of each of ``steps`` synchronous calls."""
     samples: dict[str, list[list[float]]] = {kind: [] for kind in models}
     order = list(models)
     for round_ in range(rounds):
@@ -123,15 +151,58 @@ def time_models(jit: bool, rounds: int, max_steps: int, round_seconds: float) ->
                 models[kind].train_on_batch(x[batch], y[batch])
                 samples[kind][-1].append(time.perf_counter() - start)
             order.reverse()
-    return {
-        "steps": steps,
-        "hand_ms": 1e3 * statistics.median(t for r in samples["hand"] for t in r),
-        "lossplug_ms": 1e3 * statistics.median(t for r in samples["lossplug"] for t in r),
-        "round_ratios": [
-            statistics.median(ours) / statistics.median(hand)
-            for ours, hand in zip(samples["lossplug"], samples["hand"], strict=True)
-        ],
-    }
+    return samples
+
+
+def _time_fit(models: dict, x, y, rounds: int, steps: int) -> dict:
+    """Per round and model, one ``fit`` epoch of ``steps`` batches: its time per step."""
+    import numpy as np
+
+    repeats = -(-steps // len(x))
+    xs = np.concatenate([x] * repeats)[:steps].reshape(steps * BATCH, D_IN)
+    ys = np.concatenate([y] * repeats)[:steps].reshape(steps * BATCH)
+
+    def epoch(model) -> None:
+        model.fit(xs, ys, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+    for model in models.values():
+        epoch(model)  # the first fit builds its iterator and callbacks once
+    samples: dict[str, list[list[float]]] = {kind: [] for kind in models}
+    order = list(models)
+    for _ in range(rounds):
+        for kind in order:
+            start = time.perf_counter()
+            epoch(models[kind])
+            samples[kind].append([(time.perf_counter() - start) / steps])
+        order.reverse()
+    return samples
+
+
+def xla_cost(model) -> dict:
+    """XLA's cost analysis of one compiled JAX train step: flops and bytes accessed.
+
+    Independent of the machine's load: what the step asks of the CPU, counted by the
+    compiler (the step is lowered as Keras' trainer runs it, on the model's current state).
+    """
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, D_IN)).astype("float32")
+    y = rng.integers(0, CLASSES, size=(BATCH,))
+    model.train_on_batch(x, y)  # builds the optimizer and metrics variables
+    state = tuple(
+        [v.value for v in variables]
+        for variables in (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
+        )
+    )
+    analysis = jax.jit(model.train_step).lower(state, (x, y)).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
 
 
 def worker(spec: dict) -> dict:
@@ -147,11 +218,14 @@ def worker(spec: dict) -> dict:
     for jit in spec["jit"]:
         try:
             results[str(jit)] = time_models(
-                jit, spec["rounds"], spec["steps"], spec["round_seconds"]
+                jit, spec["mode"], spec["rounds"], spec["steps"], spec["round_seconds"]
             )
         except Exception as error:  # one setting failing (torch.compile) keeps the other
             results[str(jit)] = f"failed: {type(error).__name__}: {str(error)[:200]}"
-    return {"backend": keras.backend.backend(), "results": results}
+    costs = None
+    if keras.backend.backend() == "jax":
+        costs = {kind: xla_cost(build(kind, True)) for kind in ("hand", "lossplug")}
+    return {"backend": keras.backend.backend(), "results": results, "xla_cost": costs}
 
 
 # ----------------------------------------------------------------------------- report
@@ -178,23 +252,31 @@ def main() -> None:
     parser.add_argument(
         "--jit", default="false,true", help="jit_compile settings (default false,true)"
     )
+    parser.add_argument(
+        "--mode",
+        choices=("fit", "train_on_batch"),
+        default="fit",
+        help="time fit epochs (default) or synchronous train_on_batch calls",
+    )
     benchlib.add_output_arguments(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if benchlib.worker_main({"train_step": worker}):
         return
-    kind = benchlib.run_kind(parser, args, ("runs", "steps", "round_seconds", "jit"))
+    kind = benchlib.run_kind(parser, args, ("runs", "steps", "round_seconds", "jit", "mode"))
     report = benchlib.Report(args, kind)
     rounds = args.runs or (4 if args.quick else 20)
     steps = args.steps or (20 if args.quick else 100)
     jits = [{"false": False, "true": True}[j.strip().lower()] for j in args.jit.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     rows = []
+    cost_rows = []
     for backend in backends:
         if backend == "torch":
             report.used.add("torch")
         spec = {
             "task": "train_step",
+            "mode": args.mode,
             "jit": jits,
             "rounds": rounds,
             "steps": steps,
@@ -207,6 +289,20 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
+        costs = None if isinstance(result, str) else result.get("xla_cost")
+        if costs:
+            hand, ours = costs["hand"], costs["lossplug"]
+            cost_rows.append(
+                [
+                    backend,
+                    f"{hand['flops'] / 1e6:.1f}",
+                    f"{ours['flops'] / 1e6:.1f}",
+                    f"{ours['flops'] / hand['flops']:.3f}",
+                    f"{hand['bytes'] / 1e6:.2f}",
+                    f"{ours['bytes'] / 1e6:.2f}",
+                    f"{ours['bytes'] / hand['bytes']:.3f}",
+                ]
+            )
         for jit in jits:
             cell = result if isinstance(result, str) else result["results"][str(jit)]
             if isinstance(cell, str):
@@ -226,11 +322,22 @@ def main() -> None:
                     benchlib.fmt_range(min(ratios), max(ratios)),
                 ]
             )
+    if args.mode == "fit":
+        timing = (
+            "each round is one `fit` epoch per model; step times are the medians over the "
+            "rounds of epoch time / steps (ms), and the ratio (LossModel / hand-written) is "
+            "the median over the rounds of each round's ratio of epoch times"
+        )
+    else:
+        timing = (
+            "each step is a synchronous `train_on_batch` call; step times are medians over all "
+            "timed steps (ms), and the ratio (LossModel / hand-written) is the median over the "
+            "rounds of each round's ratio of median step times"
+        )
     report.add(
         "train_step",
-        f"Batch {BATCH}, Adam; step times are medians over all timed steps (ms); the ratio "
-        "(LossModel / hand-written) is the median over the rounds of each round's ratio of "
-        "median step times, with the quartiles and the range of those per-round ratios.",
+        f"Batch {BATCH}, Adam, mode `{args.mode}`: {timing}; the quartiles and the range are "
+        "those of the per-round ratios.",
         benchlib.table(
             [
                 "backend",
@@ -246,6 +353,25 @@ def main() -> None:
             rows,
         ),
     )
+    if cost_rows:
+        report.add(
+            "train_step",
+            "XLA's own count of the work in one compiled JAX train step (the same step as "
+            "`jit_compile=True`; independent of the machine's load):",
+            benchlib.table(
+                [
+                    "backend",
+                    "hand-written MFLOP",
+                    "LossModel MFLOP",
+                    "ratio",
+                    "hand-written MB accessed",
+                    "LossModel MB accessed",
+                    "ratio",
+                ],
+                "lrrrrrr",
+                cost_rows,
+            ),
+        )
     report.finish()
 
 

@@ -21,7 +21,9 @@ from hypothesis.extra import numpy as hnp
 from lossplug.testing import call_plugin, plugin_gradients
 
 __all__ = [
+    "TINY_SMOOTHS",
     "check_bad_class_ids_are_refused",
+    "check_empty_masks_with_a_tiny_smooth",
     "check_half_precision_gives_the_float32_loss",
     "check_mask_layouts_are_accepted",
     "check_mismatched_masks_are_refused",
@@ -86,6 +88,27 @@ def check_perfect_and_empty_masks_give_zero(gradient: Callable, **config) -> Non
     loss, grad = gradient(y_true, y_true.copy(), **config)
     np.testing.assert_array_equal(loss, 0.0)
     assert np.all(np.isfinite(grad))
+
+
+#: Tiny smooths: 3.2e-33 (the kit's failure on JAX, where the gradient of n / d was
+#: -n * d**-2 with d**2 underflowing to 0), 1e-20, float32's smallest normal number 2**-126
+#: and a subnormal 1e-40 (which counts as 0: TensorFlow and XLA flush it to zero on CPU).
+TINY_SMOOTHS = (3.2e-33, 1e-20, 2.0**-126, 1e-40)
+
+
+def check_empty_masks_with_a_tiny_smooth(gradient: Callable, slope: float = 1.0, **config) -> None:
+    """Empty masks (y_true = y_pred = 0, one and three classes) with each of
+    :data:`TINY_SMOOTHS`: loss 0 and the finite gradient slope / (C smooth) at every pixel,
+    0 for a subnormal smooth (``gradient`` is a plugin's :func:`loss_and_gradient`)."""
+    for classes in (1, 3):
+        empty = np.zeros((2, 3, 3, classes), np.float32)
+        for smooth in TINY_SMOOTHS:
+            loss, grad = gradient(empty, empty.copy(), smooth=smooth, **config)
+            np.testing.assert_array_equal(loss, 0.0)
+            assert np.all(np.isfinite(grad)), f"smooth={smooth}: gradient {grad.ravel()[:3]}"
+            normal = smooth >= np.finfo(np.float32).tiny
+            expected = slope / (classes * np.float32(smooth)) if normal else 0.0
+            np.testing.assert_allclose(grad, np.full_like(grad, expected), rtol=1e-5)
 
 
 def check_mask_layouts_are_accepted(

@@ -112,6 +112,29 @@ def test_train_step_benchmark_writes_ratios(tmp_path):
         assert ratio == pytest.approx(ours / hand, abs=2e-3)
 
 
+def test_train_step_benchmark_counts_the_xla_work_of_a_jax_step(tmp_path):
+    files = run_benchmark(
+        tmp_path,
+        "bench_train_step.py",
+        "--runs",
+        "1",
+        "--steps",
+        "3",
+        "--backends",
+        "jax",
+        "--jit",
+        "true",
+    )
+    timed, counted = check_generated(files["train_step.md"])
+    assert (timed[0], timed[1]) == ("jax", "True")
+    backend, hand_flops, our_flops, flops_ratio, hand_bytes, our_bytes, bytes_ratio = counted
+    assert backend == "jax"
+    # The LossModel step does the hand-written step's computation and its guard on top.
+    assert float(our_flops) >= float(hand_flops) > 0
+    assert float(flops_ratio) == pytest.approx(float(our_flops) / float(hand_flops), abs=2e-3)
+    assert float(bytes_ratio) == pytest.approx(float(our_bytes) / float(hand_bytes), abs=2e-3)
+
+
 def test_list_benchmark_writes_times(tmp_path):
     files = run_benchmark(tmp_path, "bench_list.py", "--count", "5", "--runs", "1")
     rows = check_generated(files["list.md"])

@@ -272,6 +272,45 @@ def test_get_returns_keras_loss_for_any_model(tmp_path):
         lossplug.get("toy_center")
 
 
+def segmentation_data():
+    """(B, H, W, 2) images and (B, H, W) class ids of 3 classes."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(8, 4, 4, 2)).astype("float32"), rng.integers(0, 3, size=(8, 4, 4))
+
+
+def segmenter(model_class):
+    """A 1x1 convolution to (B, H, W, 3) softmax probabilities, compiled with Keras' sparse
+    cross-entropy."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 2))
+    model = model_class(inputs, keras.layers.Conv2D(3, 1, activation="softmax")(inputs))
+    model.compile(keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_keras_sparse_cross_entropy_of_image_probabilities_trains():
+    """The loss is Keras' mean over pixels of -log p_y, and it backpropagates on every backend
+    (on PyTorch Keras' own backward of it fails: the canary below)."""
+    x, ids = segmentation_data()
+    model = segmenter(lossplug.LossModel)
+    history = model.fit(x, ids, epochs=3, batch_size=8, shuffle=False, verbose=0).history
+    p = model.predict(x, verbose=0)
+    expected = -np.mean(np.log(np.take_along_axis(p, ids[..., None], axis=-1)))
+    loss = model.evaluate(x, ids, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.backends("torch")
+def test_canary_plain_keras_cannot_backpropagate_sparse_cross_entropy_of_images_on_torch():
+    """Canary for pytorch/pytorch#175084: Keras 3.15's torch sparse cross-entropy of (B, H, W, C)
+    probabilities hands a strided view to ``nll_loss``, whose 4-D backward refuses it. When this
+    fails, the bug is fixed and ``keras_loss_prediction`` can go (docs/decisions.md)."""
+    x, ids = segmentation_data()
+    with pytest.raises(RuntimeError, match="grad_input must be contiguous"):
+        segmenter(keras.Model).fit(x, ids, epochs=1, batch_size=8, verbose=0)
+
+
 @pytest.mark.parametrize(
     "options",
     [

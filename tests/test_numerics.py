@@ -368,6 +368,50 @@ def test_reduce_trailing_refuses_an_unknown_reduction():
         numerics.reduce_trailing(keras.ops.zeros((2, 3)), "max")
 
 
+# ----------------------------------------------------------------- ratio
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ratio_is_the_exact_quotient_and_at_zero_below_the_smallest_normal(dtype):
+    """n / d bitwise (also where d is rescaled, below 2**-60 in float32), ``at_zero`` at d = 0
+    and at a subnormal d, in the compute dtype."""
+    rng = np.random.default_rng(0)
+    scales = 10.0 ** rng.integers(-37 if dtype == "float32" else -300, 5, 2000)
+    d = (rng.uniform(0.1, 1.0, 2000) * scales).astype(dtype)
+    n = (d * rng.uniform(0.0, 1.0, 2000)).astype(dtype)
+    n = np.where(n < np.finfo(dtype).tiny, 0.0, n).astype(dtype)  # no subnormal numerators
+    out = numerics.ratio(keras.ops.convert_to_tensor(n), keras.ops.convert_to_tensor(d))
+    assert keras.backend.standardize_dtype(out.dtype) == dtype
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), n / d)
+    zero = np.zeros(2, dtype)
+    for below in (0.0, np.finfo(dtype).tiny / 4):  # 0 and a subnormal denominator
+        got = numerics.ratio(
+            keras.ops.convert_to_tensor(zero),
+            keras.ops.convert_to_tensor(zero + below),
+            at_zero=1.0,
+        )
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), 1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ratio_gradients_are_finite_for_tiny_denominators(dtype):
+    """d(n/d)/dn = 1 / d and d(n/d)/dd = -(n / d) / d, however small d is (a plain n / d
+    gave NaN on JAX at n = 0, d = 3.2e-33: JAX differentiates it as -n d**-2)."""
+    from lossplug.testing import value_and_gradients
+
+    tiny = np.finfo(dtype).tiny
+    d = np.array([3.2e-33, 1e-20, 2.0**-61, tiny, 1.0, tiny / 4, 0.0], dtype)
+    n = np.array([0.0, 5e-21, 2.0**-62, tiny, 0.25, 0.0, 0.0], dtype)
+    _, grads = value_and_gradients(
+        lambda n, d: numerics.ratio(n, d), {"n": n, "d": d}, wrt=["n", "d"]
+    )
+    normal = d >= tiny
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want_n = np.where(normal, 1.0 / np.where(normal, d, 1.0), 0.0)
+        want_d = np.where(normal, -(n / np.where(normal, d, 1.0)) / np.where(normal, d, 1.0), 0.0)
+    for got, want in ((grads["n"], want_n), (grads["d"], want_d)):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 # ----------------------------------------------------------------- float64-exact ops
 THIRD = 1.0 / 3.0  # not a float32 number: a constant Keras' torch ops would round
 #: case -> (the helper on tensors a[, b], its NumPy float64 reference, arity)

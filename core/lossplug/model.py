@@ -475,7 +475,7 @@ class LossModel(_Trainer, keras.Model):
         fn = term.keras_loss
         if isinstance(fn, str):
             fn = keras.losses.get(fn)
-        y_true, pred = inputs["y_true"], outputs["y_pred"]
+        y_true, pred = inputs["y_true"], _backend.current().keras_loss_prediction(outputs["y_pred"])
         try:
             with runtime.term_scope(b.name, None):
                 values = (

@@ -48,6 +48,7 @@ __all__ = [
     "mean",
     "minimum",
     "one_hot_targets",
+    "ratio",
     "reduce_trailing",
     "segmentation_masks",
     "to_compute_dtype",
@@ -299,6 +300,52 @@ def _as_pixels(x: Any, classes: int) -> Any:
     for axis in spatial:
         size *= axis
     return ops.reshape(x, (-1, size, classes))
+
+
+#: The smallest positive normal number of each compute dtype (2**-126, about 1.2e-38, in float32).
+SMALLEST_NORMAL = {"float32": 2.0**-126, "float64": 2.0**-1022}
+#: (below, factor) of :func:`ratio` per compute dtype: a denominator d below ``below`` (whose
+#: square would underflow) is divided with numerator and denominator multiplied by ``factor``,
+#: which puts d * factor in [2**-26, 2**40) in float32 and [2**-222, 2**300) in float64.
+RATIO_RESCALE = {"float32": (2.0**-60, 2.0**100), "float64": (2.0**-500, 2.0**800)}
+
+
+def ratio(numerator: Any, denominator: Any, *, at_zero: float = 0.0) -> Any:
+    """numerator / denominator for a denominator d >= 0 (and |numerator| <= d), ``at_zero``
+    where d is 0, with finite gradients for every positive d, on every backend and compiler.
+
+    The quotient of the overlap losses (Dice, Jaccard, Tversky), n / d, where d can be as
+    small as a tiny ``smooth`` added to empty masks, and 0/0 has the value the loss defines:
+
+        d >= tiny:  n / d,   d(n/d)/dn = 1 / d,   d(n/d)/dd = -(n / d) / d
+        d <  tiny:  at_zero, with zero gradients
+
+    tiny is the smallest normal number of the dtype (``SMALLEST_NORMAL``, 1.2e-38 in
+    float32): a subnormal d counts as 0, as TensorFlow's and XLA's CPU kernels flush it
+    to zero anyway (on PyTorch 1 / d would overflow). ``n / d`` alone has the right value
+    but not always a finite gradient: JAX differentiates it as -n * d**-2, and XLA
+    rewrites TensorFlow's -(n / d) / d as -n / (d * d); d * d underflows to 0 for d below
+    about 1e-19 in float32, which gives inf or 0 * inf = NaN. So a d below
+    ``RATIO_RESCALE``'s threshold (2**-60 in float32) is divided as
+    (n * 2**100) / (d * 2**100): the same quotient (scaling by a power of two is exact),
+    whose square never underflows. Above the threshold the quotient is n / d itself. The
+    inner ``where`` (a denominator of 1) keeps the unused branch finite. Computed in
+    :func:`compute_dtype` of both tensors.
+    """
+    from keras import ops
+
+    dtype = compute_dtype(numerator, denominator)
+    numerator, denominator = ops.cast(numerator, dtype), ops.cast(denominator, dtype)
+
+    def constant(value: float) -> Any:  # typed: a Python 2**-1022 would become a float32 0
+        return ops.convert_to_tensor(value, dtype)
+
+    below, factor = RATIO_RESCALE[dtype]
+    positive = denominator >= constant(SMALLEST_NORMAL[dtype])
+    safe = ops.where(positive, denominator, ops.ones_like(denominator))
+    scale = ops.where(safe < constant(below), constant(factor), constant(1.0))
+    quotient = (numerator * scale) / (safe * scale)
+    return ops.where(positive, quotient, ops.full_like(quotient, at_zero))
 
 
 def categorical_log_probabilities(y_pred: Any, *, from_logits: bool) -> Any:

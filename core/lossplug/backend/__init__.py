@@ -18,6 +18,9 @@ lossplug does the same at a smaller scale: one module per backend
     are concrete, through a host callback inside compiled steps.
 ``sync_training_state(model)``
     write the state a backend keeps outside the variables back to them (JAX).
+``keras_loss_prediction(y_pred)``
+    the prediction as :class:`lossplug.LossModel` hands it to a Keras loss (on PyTorch
+    stored so that Keras' sparse cross-entropy of a (B, H, W, C) output can backpropagate).
 ``Compiler``/``gradients``
     what the conformance kit needs: the backend's compiler and autodiff.
 ``FLOAT64_OPS``

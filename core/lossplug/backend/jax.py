@@ -8,7 +8,7 @@ differences from Keras' own ``JAXTrainer.train_step``:
 * the optimizer's step counter is part of the state the loss sees, so
   ``extras.step`` and schedules of the step are live values, not the constant
   they would be if read from the (purged) variable inside the trace;
-* the new state is selected with ``jax.lax.cond``: a step whose loss or
+* the new state is selected element-wise (``jnp.where``): a step whose loss or
   gradients are not finite returns the state it got (no weight, optimizer,
   plugin or layer statistic changes);
 * plugin state updates (``extras.state.update``) are assigned in Keras'
@@ -168,9 +168,20 @@ def gradient_values(gradient: Any) -> Any:
     return gradient
 
 
+def keras_loss_prediction(y_pred: Any) -> Any:
+    """``y_pred`` as a Keras loss receives it: unchanged here (see ``torch.py``)."""
+    return y_pred
+
+
 # ---------------------------------------------------------------------- training
 def _select(ok: Any, new: Any, old: Any) -> Any:
-    return jax.lax.cond(ok, lambda: new, lambda: old)
+    """``new`` where ``ok``, else ``old``, leaf by leaf.
+
+    An element-wise select, which XLA fuses with the optimizer's update that produced
+    ``new``; ``jax.lax.cond`` between the two states made the compiled step copy the whole
+    state (XLA's cost analysis: bytes accessed, ``benchmarks/bench_train_step.py``).
+    """
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 class Trainer:
@@ -319,6 +330,7 @@ __all__ = [
     "host_check",
     "init_scope",
     "is_traced",
+    "keras_loss_prediction",
     "num_replicas",
     "per_replica",
     "quiet",

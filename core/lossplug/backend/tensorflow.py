@@ -123,6 +123,11 @@ def gradient_values(gradient: Any) -> Any:
     return gradient
 
 
+def keras_loss_prediction(y_pred: Any) -> Any:
+    """``y_pred`` as a Keras loss receives it: unchanged here (see ``torch.py``)."""
+    return y_pred
+
+
 def check_compile(model: Any, steps_per_execution: int) -> None:
     """Refuse what Keras 3.15 cannot run, before it fails with a TensorFlow graph error.
 
@@ -267,6 +272,7 @@ __all__ = [
     "host_check",
     "init_scope",
     "is_traced",
+    "keras_loss_prediction",
     "num_replicas",
     "per_replica",
     "quiet",

@@ -90,6 +90,22 @@ def track_new_variables(model: Any) -> None:
     model._track_variables()
 
 
+def keras_loss_prediction(y_pred: Any) -> Any:
+    """``y_pred`` as a Keras loss receives it: the same tensor, stored (B, C, H, W) if rank 4.
+
+    Keras 3.15's torch ``sparse_categorical_crossentropy`` of probabilities moves the class
+    axis of a rank-4 prediction to axis 1 (``movedim``, a strided view) and passes log p to
+    ``torch.nn.functional.nll_loss``, whose 4-D backward (``nll_loss2d``) needs a contiguous
+    input: every segmentation model trained on it fails in ``loss.backward()`` with
+    "grad_input must be contiguous" (pytorch/pytorch#175084; a plain ``keras.Model`` too).
+    Stored class axis first, that view is contiguous. Shape, values and gradients are
+    unchanged; other ranks are returned as they are.
+    """
+    if len(y_pred.shape) != 4:
+        return y_pred
+    return y_pred.movedim(-1, 1).contiguous().movedim(1, -1)
+
+
 class Trainer:
     """Keras' torch ``train_step`` with lossplug's guard around the update."""
 
@@ -163,6 +179,7 @@ __all__ = [
     "host_check",
     "init_scope",
     "is_traced",
+    "keras_loss_prediction",
     "num_replicas",
     "per_replica",
     "quiet",

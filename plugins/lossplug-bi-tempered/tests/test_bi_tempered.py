@@ -15,14 +15,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from lossplug import backend
 from lossplug.properties import Example
 from lossplug.testing import call_plugin, conformance_tests
 from lossplug.testing.harness import harness_for
 from lossplug_bi_tempered import claims
 from lossplug_bi_tempered.loss import tempered_log_softmax
 from scipy.optimize import brentq
+from stats_helpers import two_proportion_z
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
+#: float64 tensors exist inside this context on every backend (JAX: 64-bit mode)
+float64_available = backend.current().kit_scope
 
 # The conformance kit: every generic check plus one check per claimed property.
 test_conformance = conformance_tests("bi_tempered")
@@ -111,7 +115,8 @@ def test_matches_the_paper(batch, t1, t2, alpha):
 @given(batches(scale=1e4, max_classes=10), st.floats(1.0, 5.0))
 def test_tempered_softmax_is_normalised_even_at_extreme_logits(batch, t2):
     _, logits = batch
-    log_y = keras.ops.convert_to_numpy(tempered_log_softmax(logits.astype(np.float64), t2))
+    with float64_available():
+        log_y = keras.ops.convert_to_numpy(tempered_log_softmax(logits.astype(np.float64), t2))
     y = np.exp(log_y)
     np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(y, tempered_softmax_brent(logits, t2), rtol=1e-8, atol=1e-13)
@@ -123,9 +128,13 @@ def test_tempered_softmax_is_normalised_even_at_extreme_logits(batch, t2):
 @given(batches(scale=20.0, max_classes=10), st.floats(1.01, 5.0), st.integers(1, 8))
 def test_without_newton_steps_it_is_the_reference_fixed_point(batch, t2, num_iters):
     _, logits = batch
-    log_y = tempered_log_softmax(logits.astype(np.float64), t2, num_iters=num_iters, newton_steps=0)
+    with float64_available():
+        log_y = tempered_log_softmax(
+            logits.astype(np.float64), t2, num_iters=num_iters, newton_steps=0
+        )
+        log_y = keras.ops.convert_to_numpy(log_y)
     np.testing.assert_allclose(
-        np.exp(keras.ops.convert_to_numpy(log_y)),
+        np.exp(log_y),
         fixed_point_reference(logits, t2, num_iters),
         rtol=1e-9,
         atol=1e-12,
@@ -137,7 +146,8 @@ def test_five_fixed_point_iterations_alone_leave_the_softmax_unnormalised():
     logits = np.array([[-17.0, 20.0, -20.0, -19.0, -16.0]])
     y = fixed_point_reference(logits, 4.0, 5)
     assert abs(y.sum() - 1) > 0.015
-    exact = np.exp(keras.ops.convert_to_numpy(tempered_log_softmax(logits, 4.0)))
+    with float64_available():
+        exact = np.exp(keras.ops.convert_to_numpy(tempered_log_softmax(logits, 4.0)))
     assert abs(exact.sum() - 1) < 1e-12
 
 
@@ -263,6 +273,8 @@ def test_bad_targets_are_explained():
 
 # ----------------------------------------------------------------- training
 def _digits(noise=0.0):
+    """Digits (train, given labels, flipped mask, test, test labels), a fraction ``noise``
+    of the training labels replaced by another class."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -274,11 +286,13 @@ def _digits(noise=0.0):
     flip = rng.random(len(y_train)) < noise
     noisy = y_train.copy()
     noisy[flip] = (y_train[flip] + rng.integers(1, 10, flip.sum())) % 10  # another class
-    return x_train, noisy, x_test, y_test
+    return x_train, noisy, flip, x_test, y_test
 
 
-def _accuracy(loss, epochs, noise=0.0):
-    x, y, x_test, y_test = _digits(noise)
+def _train(loss, epochs, noise=0.0):
+    """A 64-64 network trained on (noisy) digits: (held-out hits, flipped training samples
+    predicted as their given, wrong label), both arrays of booleans."""
+    x, y, flipped, x_test, y_test = _digits(noise)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((64,))
     hidden = keras.layers.Dense(64, activation="relu")(inputs)
@@ -286,7 +300,13 @@ def _accuracy(loss, epochs, noise=0.0):
     model = lossplug.LossModel(inputs, keras.layers.Dense(10)(hidden))
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
     model.fit(x, y, epochs=epochs, batch_size=128, verbose=0)
-    return float((model.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
+    held_out = model.predict(x_test, verbose=0).argmax(-1) == y_test
+    memorised = (model.predict(x, verbose=0).argmax(-1) == y)[flipped]
+    return held_out, memorised
+
+
+def _accuracy(loss, epochs):
+    return float(_train(loss, epochs)[0].mean())
 
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -303,8 +323,24 @@ def test_training_on_digits_by_name_is_as_accurate_as_cross_entropy():
 @pytest.mark.slow
 def test_training_with_30_percent_flipped_labels_is_more_robust_than_cross_entropy():
     """With 30 % of the training labels flipped, cross-entropy memorises the noise as
-    training goes on; the bounded, heavy-tailed loss (t1 = 0.5, t2 = 2) much less."""
+    training goes on; the bounded, heavy-tailed loss (t1 = 0.5, t2 = 2) much less.
+
+    After 40 epochs, with the seeds 0..5 on the three backends, cross-entropy predicts the
+    given (wrong) label of 44 to 61 % of the flipped training samples, bi_tempered of 7 to
+    13 %, and bi_tempered's clean held-out accuracy is 0.05 to 0.17 higher (0.88 to 0.94
+    against 0.74 to 0.84). After 20 epochs cross-entropy had memorised only 8 to 18 %, and
+    the accuracy gap (-0.01 to 0.08) depended on the backend's random initial weights.
+    """
     robust = lossplug.use("bi_tempered", t1=0.5, t2=2.0)
-    results = {"cross-entropy": _accuracy(CE, 20, 0.3), "bi_tempered": _accuracy(robust, 20, 0.3)}
-    print("\n30 % flipped labels, clean held-out accuracy after 20 epochs:", results)
-    assert results["bi_tempered"] > results["cross-entropy"] + 0.03
+    ce_held_out, ce_memorised = _train(CE, 40, 0.3)
+    held_out, memorised = _train(robust, 40, 0.3)
+    z = two_proportion_z(ce_memorised, memorised)
+    print(
+        "\n30 % flipped labels after 40 epochs, clean held-out accuracy: cross-entropy "
+        f"{ce_held_out.mean():.3f}, bi_tempered {held_out.mean():.3f}; flipped labels "
+        f"memorised: {ce_memorised.mean():.3f}, {memorised.mean():.3f} (z = {z:.1f})"
+    )
+    # far fewer wrong labels learnt (one-sided, p < 0.001; measured: z = 10 to 14), and so a
+    # better classifier of the clean test set
+    assert z > 3.1
+    assert held_out.mean() > ce_held_out.mean()

@@ -81,10 +81,8 @@ def _ratios(t: Any, p: Any, smooth: float) -> Any:
     intersection = ops.sum(p * t, axis=1)
     total = ops.sum(p, axis=1) + ops.sum(t, axis=1) + smooth
     # total is 0 only when smooth == 0 and both masks are empty: a perfect match (ratio 1).
-    # The safe denominator keeps the unused branch (and its gradient) finite.
-    safe_total = ops.where(total > 0.0, total, ops.ones_like(total))
-    ratio = (2.0 * intersection + smooth) / safe_total
-    return ops.where(total > 0.0, ratio, ops.ones_like(ratio))
+    # numerics.ratio keeps the gradient finite however small total is (a tiny smooth).
+    return numerics.ratio(2.0 * intersection + smooth, total, at_zero=1.0)
 
 
 def _bce(t: Any, p: Any) -> Any:

@@ -28,6 +28,8 @@ test_conformance = conformance_tests("dice")  # the kit: every check and claim
 
 #: The installed plugin's per-sample loss (float32 NumPy), called as the core calls it.
 call = functools.partial(helpers.plugin_loss, "dice")
+#: (loss, d sum(loss) / d y_pred), through the kit's harness.
+gradient = functools.partial(helpers.loss_and_gradient, "dice")
 
 
 # No subnormals: TensorFlow flushes them to zero on CPU, so a mask of 1e-45 is empty to the
@@ -158,6 +160,11 @@ def test_empty_target_gradient_is_the_analytic_one_for_any_smooth(smooth):
         lossplug_dice.dice_loss(y_true, y_pred + np.float32([[[[step, 0.0]]]]), smooth=smooth)
     )[0]
     assert nudged / step == pytest.approx(grad[0, 0, 0, 0], rel=1e-2)
+
+
+def test_empty_masks_with_a_tiny_smooth_have_finite_gradients():
+    """The slope 1 / (C smooth) above, finite down to smooth = 2**-126 on every backend."""
+    helpers.check_empty_masks_with_a_tiny_smooth(gradient)
 
 
 def test_flattened_and_one_pixel_masks_are_binary_masks():

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras import ops
+from lossplug import numerics
 from lossplug.numerics import segmentation_masks
 
 PLUGIN = "generalized_dice"
@@ -60,6 +61,5 @@ def generalized_dice_loss(y_true: Any, y_pred: Any, *, smooth: float = 1.0) -> A
     weights = class_weights(ops.sum(t, axis=1))
     errors = ops.sum(weights * ops.sum(p * (1.0 - t) + t * (1.0 - p), axis=1), axis=-1)
     total = ops.sum(weights * ops.sum(p + t, axis=1), axis=-1) + smooth
-    # The safe denominator keeps the unused branch (and its gradient) finite.
-    safe = ops.where(total > 0.0, total, ops.ones_like(total))
-    return ops.where(total > 0.0, errors / safe, ops.zeros_like(total))
+    # numerics.ratio keeps the gradient finite however small total is (a tiny smooth).
+    return numerics.ratio(errors, total, at_zero=0.0)

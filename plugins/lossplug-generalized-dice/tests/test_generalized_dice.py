@@ -117,6 +117,12 @@ def test_an_empty_target_predicted_empty_is_perfect_and_any_prediction_on_it_cos
     assert call(empty, spurious, smooth=0.0)[0] == pytest.approx(1.0)
 
 
+def test_empty_masks_with_a_tiny_smooth_have_finite_gradients():
+    """Every class of an empty target weighs 1 / C: d loss / d p = 1 / (C smooth), finite
+    down to smooth = 2**-126 on every backend."""
+    helpers.check_empty_masks_with_a_tiny_smooth(gradient)
+
+
 def test_missing_a_small_class_costs_more_than_missing_a_large_one():
     """Class volumes 24 / 4 / 36 pixels. Each class adds w_c (P_c + T_c) ~ 2 / T_c to the
     denominator, so small classes weigh most: missing the 4-pixel class costs more than

@@ -9,7 +9,12 @@ sample and class c, the sums running over the spatial axes::
 
 1 - J_c is computed as (U_c - I_c) / (U_c + smooth) with U_c - I_c = sum(p (1 - t) +
 t (1 - p)), a sum of non-negative terms: it keeps its relative precision near a
-perfect mask and is exactly symmetric in p and t.
+perfect mask and is exactly symmetric in p and t. The quotient is
+:func:`lossplug.numerics.ratio`, whose gradient is finite for every smooth > 0, however
+small: with a plain division, JAX's gradient -(U_c - I_c) (U_c + smooth)**-2 is NaN at
+empty masks and smooth = 3.2e-33, where the square underflows to 0. A denominator
+U_c + smooth below float32's smallest normal number (1.2e-38, which TensorFlow and XLA
+flush to 0) counts as 0: 1 - J_c = 0, as at 0/0.
 
 Masks are channels-last (B, ..., C); a (B, N) tensor is a flattened binary mask and
 (B,) one pixel per sample. Targets may also be class-id masks (B, ...) or
@@ -34,14 +39,12 @@ def jaccard_distance(t: Any, p: Any, *, smooth: float) -> Any:
 
     ``t`` and ``p`` are (B, S, C) masks from :func:`lossplug.numerics.segmentation_masks`;
     U_c - I_c is summed as p (1 - t) + t (1 - p) (false positives plus false negatives).
-    A 0/0 quotient (smooth = 0 and both masks empty) is 0: a perfect match.
+    A 0/0 quotient (smooth = 0 and both masks empty) is 0: a perfect match. The division
+    is :func:`lossplug.numerics.ratio`: finite gradients for any tiny U_c + smooth.
     """
     intersection = ops.sum(p * t, axis=1)
     errors = ops.sum(p * (1.0 - t) + t * (1.0 - p), axis=1)
-    denominator = intersection + errors + smooth
-    # The safe denominator keeps the unused branch (and its gradient) finite.
-    safe = ops.where(denominator > 0.0, denominator, ops.ones_like(denominator))
-    return ops.where(denominator > 0.0, errors / safe, ops.zeros_like(denominator))
+    return numerics.ratio(errors, intersection + errors + smooth, at_zero=0.0)
 
 
 def jaccard_loss(y_true: Any, y_pred: Any, *, smooth: float = 1.0) -> Any:

@@ -30,6 +30,7 @@ from lossplug.testing import call_plugin as kit_call
 from lossplug.testing import conformance_tests
 from lossplug.testing.harness import harness_for
 from lossplug_margin_softmax.margins import MARGIN_RANGES, NEUTRAL_MARGINS, angle, target_logit
+from stats_helpers import two_proportion_z
 
 SETTINGS = settings(
     max_examples=40,
@@ -579,14 +580,6 @@ def _train_on_noisy_digits(sub_centers, x, y_noisy):
     return model, weights
 
 
-def _two_proportion_z(first: np.ndarray, second: np.ndarray) -> float:
-    """z statistic of mean(first) - mean(second) for two samples of booleans (pooled SE)."""
-    p1, p2 = first.mean(), second.mean()
-    pooled = (first.sum() + second.sum()) / (len(first) + len(second))
-    se = np.sqrt(pooled * (1 - pooled) * (1 / len(first) + 1 / len(second)))
-    return float((p1 - p2) / se) if se > 0 else 0.0
-
-
 @pytest.mark.slow
 def test_sub_centers_resist_label_noise_on_digits():
     """40% of the training labels replaced by another class: with three sub-centres per class
@@ -619,7 +612,7 @@ def test_sub_centers_resist_label_noise_on_digits():
                 "clean": 1.0 - float(np.mean(away[~flipped])),
                 "noisy": 1.0 - float(np.mean(away[flipped])),
             }
-            z = _two_proportion_z(away[flipped], away[~flipped])
+            z = two_proportion_z(away[flipped], away[~flipped])
     print(
         f"\nclean test accuracy with 40% label noise: sub_centers=1 {accuracy[1]:.3f}, "
         f"sub_centers=3 {accuracy[3]:.3f}; at the dominant sub-centre: clean samples "

@@ -313,24 +313,38 @@ def _train(x, y, loss, epochs=5):
 
 @pytest.mark.slow
 def test_training_on_digits_matches_cross_entropy():
-    """Poly-1 (epsilon = 1, by name) trains as well as cross-entropy; epsilon = 0 *is* CE."""
+    """Poly-1 (epsilon = 1, by name) trains as well as cross-entropy; epsilon = 0 *is* CE.
+
+    Binary mode (one sigmoid per class) is held to Keras' binary cross-entropy of the
+    one-hot targets, trained from the same initial weights, not to a fixed accuracy: after
+    5 epochs it reaches 0.88 to 0.94 with the seeds 0..9 on the three backends (each
+    backend draws its own initial weights; from the same weights and batches they train
+    alike), 0.004 above to 0.031 below binary cross-entropy.
+    """
     x_train, x_test, y_train, y_test = _digits()
+    one_hot = np.eye(10, dtype="float32")[y_train]
     results, histories = {}, {}
-    for label, loss in (
-        ("poly", "poly"),
-        ("poly epsilon=0", lossplug.use("poly", epsilon=0.0)),
-        ("keras cross-entropy", keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
-        ("poly binary", lossplug.use("poly", mode="binary")),
+    for label, loss, targets in (
+        ("poly", "poly", y_train),
+        ("poly epsilon=0", lossplug.use("poly", epsilon=0.0), y_train),
+        (
+            "keras cross-entropy",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            y_train,
+        ),
+        ("poly binary", lossplug.use("poly", mode="binary"), y_train),
+        ("keras binary cross-entropy", keras.losses.BinaryCrossentropy(from_logits=True), one_hot),
     ):
-        model, histories[label] = _train(x_train, y_train, loss)
+        model, histories[label] = _train(x_train, targets, loss)
         results[label] = float((model.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
     print(
         "\ndigits, held-out accuracy after 5 epochs:", {k: round(v, 4) for k, v in results.items()}
     )
     poly = histories["poly"]["poly"]
     assert poly[-1] < 0.2 * poly[0]
-    assert results["poly"] > 0.9 and results["poly binary"] > 0.9
+    assert results["poly"] > 0.9
     assert abs(results["poly"] - results["keras cross-entropy"]) < 0.03
+    assert results["poly binary"] > results["keras binary cross-entropy"] - 0.05
     # the same initial weights and batches: epsilon = 0 follows cross-entropy's trajectory
     np.testing.assert_allclose(
         histories["poly epsilon=0"]["loss"], histories["keras cross-entropy"]["loss"], rtol=1e-4

@@ -38,10 +38,8 @@ def tversky_distance(t: Any, p: Any, *, alpha: float, beta: float, smooth: float
     """
     tp = ops.sum(p * t, axis=1)
     errors = alpha * ops.sum(p * (1.0 - t), axis=1) + beta * ops.sum((1.0 - p) * t, axis=1)
-    denominator = tp + errors + smooth
-    # The safe denominator keeps the unused branch (and its gradient) finite.
-    safe = ops.where(denominator > 0.0, denominator, ops.ones_like(denominator))
-    return ops.where(denominator > 0.0, errors / safe, ops.zeros_like(denominator))
+    # numerics.ratio keeps the gradient finite however small the denominator is (a tiny smooth).
+    return numerics.ratio(errors, tp + errors + smooth, at_zero=0.0)
 
 
 def focal_power(distance: Any, gamma: float) -> Any:

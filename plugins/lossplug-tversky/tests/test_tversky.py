@@ -151,6 +151,13 @@ def test_perfect_and_empty_masks_give_zero_with_finite_gradients(gamma):
         helpers.check_perfect_and_empty_masks_give_zero(gradient, gamma=gamma, smooth=smooth)
 
 
+@pytest.mark.parametrize(("gamma", "slope"), [(1.0, 0.3), (4.0 / 3.0, 0.0)])
+def test_empty_masks_with_a_tiny_smooth_have_finite_gradients(gamma, slope):
+    """d loss / d p = alpha / (C smooth) at empty masks for gamma = 1, 0 for the focal power
+    (its slope at a distance of 0); finite down to smooth = 2**-126 on every backend."""
+    helpers.check_empty_masks_with_a_tiny_smooth(gradient, slope, alpha=0.3, gamma=gamma)
+
+
 def test_near_perfect_focal_gradient_is_the_analytic_one():
     """(1 - TI)^0.75 is steep near TI = 1: its gradient is 0.75 d^(-1/4) times Tversky's.
 
