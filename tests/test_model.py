@@ -311,6 +311,17 @@ def test_canary_plain_keras_cannot_backpropagate_sparse_cross_entropy_of_images_
         segmenter(keras.Model).fit(x, ids, epochs=1, batch_size=8, verbose=0)
 
 
+@pytest.mark.backends("torch")
+def test_canary_plain_keras_cannot_export_a_saved_model_on_torch(tmp_path):
+    """Canary: Keras 3.15's torch SavedModel export passes ``torch.export`` dynamic shapes that
+    do not match its sample inputs, for any model. When this fails, upstream exports and the
+    quickstart's torch branch (``format="torch"``) can go (docs/decisions.md)."""
+    inputs = keras.Input((4,), name="pixels")
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    with pytest.raises(Exception, match="structure of `inputs` and `dynamic_shapes`"):
+        model.export(str(tmp_path / "served"))
+
+
 @pytest.mark.parametrize(
     "options",
     [

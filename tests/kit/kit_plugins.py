@@ -16,7 +16,7 @@ import attrs
 import keras
 import numpy as np
 from keras import ops
-from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec, hookimpl, param
+from lossplug import Kind, LossResult, Metric, PluginSpec, TensorSpec, hookimpl, numerics, param
 from lossplug.properties import (
     Bounded,
     Custom,
@@ -154,7 +154,7 @@ class Focal(Plugin):
 
     def compute(self, inputs: Any, outputs: Any, extras: Any) -> Any:
         log_p, _ = log_softmax_true(inputs, outputs)
-        one_minus_p = ops.maximum(1.0 - ops.exp(log_p), 1e-12)
+        one_minus_p = numerics.maximum(1.0 - ops.exp(log_p), 1e-12)
         return -ops.power(one_minus_p, extras.config.gamma) * log_p
 
 
@@ -209,7 +209,10 @@ class NoConfig:
 
 
 def _unit(x: Any) -> Any:
-    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+    # numerics.maximum, not ops.maximum: Keras 3.15 computes ops.maximum of a float64
+    # tensor in float32 on JAX and torch (docs/decisions.md), which the finite-difference
+    # check (float64) sees as an error of ~1e-3
+    return x / ops.sqrt(numerics.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
 
 
 class Cosine(Plugin):
@@ -669,6 +672,7 @@ MUTANTS: list[tuple[Callable[[], Plugin], str, tuple[str, ...]]] = [
     (TupleConfigCE, "config_roundtrip", ("class_weights",)),
     (SameClassSpread, "degenerate_batch", ("degenerate", "not finite")),
     (GraphBreakingCE, "compiled", ("works eagerly but fails under",)),
+    (GraphBreakingCE, "finite", ("requires grad", "numpy()")),
     (OutsideStateCenter, "state_store", ("outside its state store", "extras.state.variable")),
     (UnrangedTemperatureCE, "declared_ranges", ("no declared range", "temperature=0.0")),
     (AssigningCenter, "state_updates", ("changed its state variable", "extras.state.update")),
@@ -711,3 +715,14 @@ MUTANTS: list[tuple[Callable[[], Plugin], str, tuple[str, ...]]] = [
         ("not below 0.5",),
     ),
 ]
+
+#: The backends on which a (mutant name, check) pair of ``MUTANTS`` applies; every other pair
+#: applies to all. NumPy inside the loss (kit_bad_graph) fails under TensorFlow's and JAX's
+#: compilers; on PyTorch ``torch.compile`` traces NumPy calls on tensors (dynamo's NumPy
+#: support, also with ``fullgraph=True``), so ``compiled`` passes, and what fails is eager
+#: training, Keras' torch default: ``numpy()`` of the prediction, which requires grad
+#: (docs/kit.md, "How the kit is tested").
+MUTANT_BACKENDS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("kit_bad_graph", "compiled"): ("tensorflow", "jax"),
+    ("kit_bad_graph", "finite"): ("torch",),
+}

@@ -8,6 +8,8 @@ reference plugins must pass every check.
 
 from __future__ import annotations
 
+from typing import Any
+
 import kit_plugins as kp
 import numpy as np
 import pytest
@@ -20,12 +22,16 @@ GENERIC = {
 }  # fmt: skip
 
 
-def _mutant_id(entry: tuple) -> str:
+def _mutant_param(entry: tuple) -> Any:
+    """The mutant as a parameter, restricted to ``kp.MUTANT_BACKENDS`` where listed there."""
     factory, check, _ = entry
-    return f"{factory().name}-{check}"
+    name = factory().name
+    backends = kp.MUTANT_BACKENDS.get((name, check))
+    marks = () if backends is None else (pytest.mark.backends(*backends),)
+    return pytest.param(entry, id=f"{name}-{check}", marks=marks)
 
 
-@pytest.mark.parametrize("mutant", kp.MUTANTS, ids=[_mutant_id(m) for m in kp.MUTANTS])
+@pytest.mark.parametrize("mutant", [_mutant_param(m) for m in kp.MUTANTS])
 def test_planted_bug_is_caught_by_its_check(register, mutant) -> None:
     factory, check, words = mutant
     name = register(factory())
@@ -45,6 +51,17 @@ def test_planted_bug_is_caught_by_its_check(register, mutant) -> None:
     assert f"only=[{check!r}]" in message
     assert result.example is not None
     assert result.examples >= 1
+
+
+@pytest.mark.backends("torch")
+def test_numpy_in_the_loss_compiles_on_torch(register) -> None:
+    """The kit_bad_graph bug is no compiler bug on PyTorch: torch.compile traces the NumPy
+    calls (the `finite` check catches it instead, see kp.MUTANT_BACKENDS). Turns red if
+    torch.compile stops tracing them, and the mutant's `compiled` entry applies to torch too."""
+    name = register(kp.GraphBreakingCE())
+    assert check_plugin(name, profile="quick", only=["compiled"]).result("compiled").status == (
+        "passed"
+    )
 
 
 def test_claim_failures_name_the_claimed_property(register) -> None:

@@ -148,22 +148,42 @@ def test_bad_config_is_refused_naming_plugin_field_and_rule(config, words):
 
 # --------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_jaccard_segments_small_blobs_where_bce_gives_up():
+def test_jaccard_segments_small_blobs_at_least_as_well_as_bce():
+    """Small blobs (8 % foreground): the Jaccard loss reaches a held-out IoU of 0.68 to 0.71
+    whatever the initial weights (the seeds 0..5 on the three backends; untrained 0.01 to
+    0.11), and a held-out Jaccard distance, the quantity it minimises, of 0.30 to 0.34.
+
+    Binary cross-entropy is a matter of luck here: it gives up on the blobs (IoU 0, the
+    empty mask) from some initial weights and reaches an IoU of 0.34 to 0.69 from others,
+    on every backend (the same initial weights and batches give the same IoU on all
+    three), with a held-out Jaccard distance of 0.42 to 0.71. So the Jaccard loss is
+    compared with it as no worse, not by a fixed margin.
+    """
     x, y = helpers.make_blobs(128, seed=0)
     x_test, y_test = helpers.make_blobs(128, seed=1)
     truth = y_test > 0.5
-    results = {}
+    results, distance = {}, {}
     for name in ("binary_crossentropy", "jaccard"):
         model = helpers.segmenter(1, name)
         if name == "jaccard":
             results["untrained"] = helpers.iou(truth, model.predict(x_test, verbose=0) > 0.5)
         history = model.fit(x, y, epochs=10, batch_size=16, verbose=0).history
-        results[name] = helpers.iou(truth, model.predict(x_test, verbose=0) > 0.5)
-    print("\nbinary blobs, held-out IoU:", {k: round(v, 3) for k, v in results.items()})
+        predicted = model.predict(x_test, verbose=0)
+        results[name] = helpers.iou(truth, predicted > 0.5)
+        distance[name] = float(call(y_test, predicted).mean())
+    print(
+        "\nbinary blobs, held-out IoU:",
+        {k: round(v, 3) for k, v in results.items()},
+        "held-out Jaccard distance:",
+        {k: round(v, 3) for k, v in distance.items()},
+    )
     assert set(history) == {"loss", "jaccard"}
     assert history["jaccard"][-1] < 0.6 * history["jaccard"][0]
     assert results["jaccard"] > results["untrained"] + 0.4
-    assert results["jaccard"] > results["binary_crossentropy"] + 0.3
+    # on unseen masks: a lower Jaccard distance than cross-entropy's (the loss's own
+    # objective), and hard masks at least as good
+    assert distance["jaccard"] < distance["binary_crossentropy"]
+    assert results["jaccard"] >= results["binary_crossentropy"] - 0.02
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from lossplug.testing import call_plugin, conformance_tests
 from lossplug.testing.harness import harness_for
 from lossplug_supcon import claims
 from lossplug_supcon.loss import supcon_loss, supcon_terms
+from stats_helpers import two_proportion_z
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
@@ -214,6 +215,18 @@ def class_structure(z, labels):
     return accuracy, float(distance[~same].mean() / distance[same & off].mean())
 
 
+def nearest_mean_hits(z, labels, z_train, train_labels):
+    """Held-out rows classified by the nearest class mean (cosine) of the training rows:
+    a boolean per row, True where that class is the row's label."""
+
+    def unit(rows):
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    classes = np.unique(train_labels)
+    means = unit(np.stack([unit(z_train)[train_labels == c].mean(0) for c in classes]))
+    return classes[(unit(z) @ means.T).argmax(1)] == labels
+
+
 class LabelledViews(keras.utils.PyDataset):
     """Batches of ``per_batch`` digits, each in two fresh augmentations, with their labels."""
 
@@ -236,7 +249,17 @@ class LabelledViews(keras.utils.PyDataset):
 
 
 @pytest.mark.slow
-def test_supervised_contrast_separates_the_digit_classes():
+def test_supervised_contrast_gathers_each_digit_class_around_its_mean():
+    """What the loss optimises: each class's embeddings pulled together, the others pushed
+    away, so that held-out digits lie nearest their own class's mean.
+
+    1-NN accuracy says little here: raw pixels already give 0.98, the untrained network 0.91
+    to 0.96 (with the seeds 0..5 on the three backends), and after training 0.96 to 0.98, so
+    a fixed gain in it was the luck of the backend's initial weights. The nearest class mean
+    of the training embeddings classifies 0.77 to 0.86 of the held-out digits before
+    training and 0.95 to 0.97 after (z = 6 to 10); the inter/intra-class distance ratio
+    grows from 1.6 to 2.0 to 5.8 to 6.8.
+    """
     from sklearn.datasets import load_digits
 
     images, labels = load_digits(return_X_y=True)
@@ -253,15 +276,28 @@ def test_supervised_contrast_separates_the_digit_classes():
         optimizer=keras.optimizers.Adam(3e-3),
         loss=lossplug.use("supcon", temperature=0.1, base_temperature=0.1),
     )
-    before = class_structure(model.predict(test, verbose=0), test_labels)
+
+    def evaluate():
+        z, z_train = model.predict(test, verbose=0), model.predict(train, verbose=0)
+        return class_structure(z, test_labels), nearest_mean_hits(
+            z, test_labels, z_train, train_labels
+        )
+
+    before, hits_before = evaluate()
     data = LabelledViews(train, train_labels)  # the paper's batches: 2 views x 64 digits
     history = model.fit(data, epochs=20, verbose=0).history
-    after = class_structure(model.predict(test, verbose=0), test_labels)
+    after, hits_after = evaluate()
+    z = two_proportion_z(hits_after, hits_before)
     print(
-        f"\nheld-out digits: 1-NN accuracy {before[0]:.3f} -> {after[0]:.3f}, inter/intra-class "
-        f"distance ratio {before[1]:.3f} -> {after[1]:.3f}; training loss "
-        f"{history['supcon'][0]:.3f} -> {history['supcon'][-1]:.3f}"
+        f"\nheld-out digits: nearest class mean accuracy {hits_before.mean():.3f} -> "
+        f"{hits_after.mean():.3f} (z = {z:.1f}), 1-NN accuracy {before[0]:.3f} -> "
+        f"{after[0]:.3f}, inter/intra-class distance ratio {before[1]:.3f} -> {after[1]:.3f}; "
+        f"training loss {history['supcon'][0]:.3f} -> {history['supcon'][-1]:.3f}"
     )
     assert set(history) == {"loss", "supcon", "supcon_with_positives"}
-    assert history["supcon"][-1] < history["supcon"][0]
-    assert after[0] > before[0] + 0.02 and after[1] > 2.0 * before[1]
+    assert history["supcon"][-1] < 0.8 * history["supcon"][0]
+    # classes gathered around their means: far more held-out digits nearest their own
+    # class's mean (one-sided p < 0.001), and the classes twice as far apart, relative to
+    # their spread; the neighbourhoods the untrained network already had are kept
+    assert z > 3.1 and after[1] > 2.0 * before[1]
+    assert after[0] >= before[0] - 0.01
