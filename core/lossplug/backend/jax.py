@@ -177,9 +177,10 @@ def keras_loss_prediction(y_pred: Any) -> Any:
 def _select(ok: Any, new: Any, old: Any) -> Any:
     """``new`` where ``ok``, else ``old``, leaf by leaf.
 
-    An element-wise select, which XLA fuses with the optimizer's update that produced
-    ``new``; ``jax.lax.cond`` between the two states made the compiled step copy the whole
-    state (XLA's cost analysis: bytes accessed, ``benchmarks/bench_train_step.py``).
+    An element-wise select, which XLA can fuse with the optimizer's update that produced
+    ``new`` (not always completely: it still reads part of the state once more);
+    ``jax.lax.cond`` between the two states made the compiled step copy the whole state
+    (XLA's cost analysis, bytes accessed: ``benchmarks/bench_train_step.py``).
     """
     return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
 
