@@ -19,7 +19,7 @@ for backend in "${backends[@]}"; do
   case "$backend" in
     tensorflow) ;;  # a dependency of lossplug itself
     jax) extras="$extras,jax" ;;
-    torch) extras="$extras,torch" ;;
+    torch) extras="$extras,torch,bench" ;;  # bench: pytorch-metric-learning, which needs torch
     *) echo "bootstrap.sh: unknown backend '$backend' (tensorflow, jax or torch)" >&2; exit 2 ;;
   esac
 done

@@ -7,6 +7,7 @@ KERAS_BACKEND=jax.
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -124,6 +125,76 @@ def test_compiled_mining_equals_eager(strategy):
         expected = as_float(loss(d[:size, :size], labels[:size]))
         np.testing.assert_allclose(got, expected, rtol=1e-6)
     np.testing.assert_allclose(as_float(fn(d, labels)), eager, rtol=1e-6)
+
+
+@SETTINGS
+@given(
+    problem=cross_problems(),
+    average=st.sampled_from(mining.AVERAGES),
+    margin=st.sampled_from(MARGINS),
+)
+def test_semi_hard_by_sorting_equals_brute_force_where_scans_would_be_used(
+    problem, average, margin
+):
+    """The sorting path (any number of positives) on the small problems the scans take."""
+    d, positive, negative, weights = problem
+    with mock.patch.object(mining, "SEMI_HARD_SCAN", -1):
+        result = mining.mine(
+            d,
+            positive,
+            negative,
+            margin=margin,
+            strategy="semi_hard",
+            average=average,
+            weights=weights,
+        )
+    expected, _ = brute_force_triplets(
+        d.astype(np.float64), positive, negative, margin, "semi_hard", average, weights
+    )
+    np.testing.assert_allclose(as_float(result.loss), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_class", [3, mining.SEMI_HARD_SCAN + 1, 2 * mining.SEMI_HARD_SCAN])
+def test_semi_hard_with_few_and_many_positives_equals_brute_force(per_class):
+    """More positives per anchor than SEMI_HARD_SCAN take the sorting path, fewer the scans."""
+    rng = np.random.default_rng(per_class)
+    labels = np.repeat(np.arange(4), per_class).astype(np.int32)
+    x = rng.normal(size=(len(labels), 3)).astype(np.float32)
+    d = np_pairwise(x, None, "euclidean", numerics.L2_EPSILON).astype(np.float32)
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~np.eye(len(labels), dtype=bool)
+    result = mining.mine(d, positive, ~same, margin=0.4, strategy="semi_hard")
+    expected, _ = brute_force_triplets(d.astype(np.float64), positive, ~same, 0.4, "semi_hard")
+    np.testing.assert_allclose(as_float(result.loss), expected, rtol=1e-6, atol=1e-7)
+
+
+@SETTINGS
+@given(
+    rows=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.integers(1, 17)),
+        elements=st.integers(0, 6).map(lambda v: v / 2),
+    ),
+    data=st.data(),
+    side=st.sampled_from(["left", "right"]),
+)
+def test_row_wise_searchsorted_equals_numpy(rows, data, side):
+    """Branchless binary search on rows of any length (padded to 2**k - 1), ties included."""
+    rows = np.sort(rows, axis=1)
+    values = data.draw(
+        hnp.arrays(
+            np.float32,
+            (rows.shape[0], data.draw(st.integers(1, 6))),
+            elements=st.integers(-1, 7).map(lambda v: v / 2),
+        )
+    )
+    got = ops.convert_to_numpy(
+        mining._searchsorted_rows(ops.convert_to_tensor(rows), ops.convert_to_tensor(values), side)
+    )
+    expected = np.stack(
+        [np.searchsorted(r, v, side=side) for r, v in zip(rows, values, strict=True)]
+    )
+    np.testing.assert_array_equal(got, expected)
 
 
 NO_TRIPLET_LABELS = {"one class": [3, 3, 3, 3], "all distinct": [0, 1, 2, 3], "one sample": [5]}

@@ -42,9 +42,12 @@ semi_hard (Schroff et al., 2015; the selection of TF Addons' TripletSemiHardLoss
     n* = argmin {D[a, n] : n in N(a), D[a, n] > D[a, p]}, or, when every
     negative is at most as far as the positive, the farthest negative
     argmax_{n in N(a)} D[a, n]. L = mean of h(a, p, n*) over valid pairs
-    (weighted by w_a). Each anchor's negative distances are sorted once and
-    each of its P positive distances is located by binary search:
-    time O(B M log M), memory O(B M).
+    (weighted by w_a). With at most SEMI_HARD_SCAN positives per anchor, one
+    masked argmin over the negatives per positive: time O(B M P); with more,
+    each anchor's negative distances are sorted once and each of its P positive
+    distances is located by binary search: time O(B M log M). Memory O(B M).
+    The scans need P as a number when the function runs (PyTorch, eager
+    TensorFlow); a compiled TensorFlow step (P a tensor) and JAX (P = M) sort.
 
 Every strategy returns exactly 0 with finite (zero) gradients when there is no
 valid triplet (a single class, or only singletons), instead of 0 / 0. ``w_a``
@@ -167,14 +170,28 @@ def _take_rows(matrix: Any, index: Any) -> Any:
     return ops.take(ops.reshape(matrix, (-1,)), offsets + ops.cast(index, "int32"))
 
 
+def _bit_length(n: Any) -> Any:
+    """``n.bit_length()`` of a positive int32 scalar tensor (a float guess, corrected)."""
+    from keras import ops
+
+    one = ops.ones((), "int32")
+    guess = ops.cast(ops.floor(ops.log(ops.cast(n, "float32")) / math.log(2.0)), "int32") + 1
+    guess = ops.where(ops.left_shift(one, guess) <= n, guess + 1, guess)
+    return ops.where(ops.left_shift(one, guess - 1) > n, guess - 1, guess)
+
+
 def _searchsorted_rows(sorted_rows: Any, values: Any, side: str) -> Any:
     """Row-wise searchsorted: for each row r, ``searchsorted(sorted_rows[r], values[r], side)``.
 
     (Keras' ``ops.searchsorted`` takes one 1-D sequence.) Under JAX it is
-    vmapped; elsewhere a vectorised binary search over all rows at once: about
-    log2(P + 1) steps of one gather each, for rows of length P, so that a few
-    sorted entries per row (the positives of batch-all) cost a few steps.
-    int32 indices in [0, P], without gradient.
+    vmapped; elsewhere a branchless binary search over all rows at once: each row
+    (length L) is padded with +inf to 2**k - 1 entries, k = L.bit_length(), and the
+    count of entries <= (side "right") or < (side "left") each value is built from
+    the largest power of two down: ``pos += step`` where ``row[pos + step - 1]``
+    passes, for step = 2**(k-1), ..., 1. That is k steps of one gather, one
+    comparison and two additions each, so that a few sorted entries per row (the
+    positives of batch-all) cost a few steps. Values must not be NaN or +inf.
+    int32 indices in [0, L], without gradient.
     """
     import keras
     from keras import ops
@@ -187,26 +204,39 @@ def _searchsorted_rows(sorted_rows: Any, values: Any, side: str) -> Any:
         )
         return ops.cast(found, "int32")
     length = _columns(sorted_rows)
-    last = ops.maximum(length - 1, 0)
-
-    def step(_: Any, bounds: tuple[Any, Any]) -> tuple[Any, Any]:
-        low, high = bounds
-        middle = (low + high) // 2
-        probe = _take_rows(sorted_rows, ops.minimum(middle, last))
-        right = probe <= values if side == "right" else probe < values
-        go_right = ops.logical_and(right, low < high)
-        return ops.where(go_right, middle + 1, low), ops.where(go_right, high, middle)
-
-    low = ops.zeros_like(values, dtype="int32")
-    high = low + ops.cast(length, "int32")
     concrete = _as_int(length)
     if concrete is not None:
-        bounds = (low, high)
-        for i in range(concrete.bit_length()):
-            bounds = step(i, bounds)
-        return bounds[0]
-    steps = ops.cast(ops.ceil(ops.log(ops.cast(length + 1, "float32")) / math.log(2.0)), "int32")
-    return ops.fori_loop(0, steps + 1, step, (low, high))[0]
+        steps = max(concrete.bit_length(), 1)
+        top = 1 << (steps - 1)
+    else:
+        steps = _bit_length(ops.maximum(ops.cast(length, "int32"), 1))
+        top = ops.left_shift(ops.ones((), "int32"), steps - 1)
+    rows = ops.shape(sorted_rows)[0]
+    padded_width = 2 * top - 1
+    padding = ops.full((rows, padded_width - length), float("inf"), sorted_rows.dtype)
+    flat = ops.reshape(ops.concatenate([sorted_rows, padding], axis=1), (-1,))
+    base = ops.arange(rows, dtype="int32")[:, None] * ops.cast(padded_width, "int32")
+
+    # ``probe``: the flat index pos + size - 1 of the entry a step compares, carried from
+    # step to step (the next one is size / 2 further right or left); the last step (size 1)
+    # moves it to pos itself, one right of the last entry that passed.
+    def step(i: Any, probe: Any) -> Any:
+        size = ops.right_shift(ops.cast(top, "int32"), i) if concrete is None else top >> i
+        half = ops.right_shift(size, 1) if concrete is None else size >> 1
+        last = size == 1
+        right = ops.cast(ops.where(last, 1, half), "int32")
+        left = ops.cast(ops.where(last, 0, -half), "int32")
+        entry = ops.take(flat, probe)
+        passes = entry <= values if side == "right" else entry < values
+        return probe + ops.where(passes, right, left)
+
+    probe = ops.broadcast_to(base + ops.cast(top - 1, "int32"), ops.shape(values))
+    if concrete is not None:
+        for i in range(steps):
+            probe = step(i, probe)
+    else:
+        probe = ops.fori_loop(0, steps, step, probe)
+    return probe - base
 
 
 def _result(
@@ -314,7 +344,7 @@ def semi_hard(
     average: str = "valid",
     weights: Any = None,
 ) -> MiningResult:
-    """Semi-hard negatives per positive pair, in O(B M log M) time (see the module docstring)."""
+    """Semi-hard negatives per positive pair, by scans or sorting (see the module docstring)."""
     from keras import ops
 
     _check_average(average)
@@ -322,14 +352,12 @@ def semi_hard(
         distances, positive, negative, weights
     )
     dtype = distances.dtype
-    # Larger than any distance, so padding never counts as a negative.
-    sentinel = ops.stop_gradient(ops.max(distances)) + margin + 1.0
-    neg_sorted = ops.sort(ops.where(negative, distances, sentinel), axis=1)
     pos_distances, is_pos = _positive_distances(distances, positive, n_pos)
-    # index of the first negative strictly farther than the positive, else the last one
-    farther = _searchsorted_rows(neg_sorted, pos_distances, "right")
-    last = ops.cast(maximum(n_neg - 1.0, 0.0), "int32")[:, None]
-    chosen = _take_rows(neg_sorted, ops.minimum(farther, last))
+    width = _columns(pos_distances)
+    if isinstance(width, int) and width <= SEMI_HARD_SCAN:
+        chosen = _semi_hard_by_scans(distances, negative, pos_distances)
+    else:
+        chosen = _semi_hard_by_sorting(distances, negative, pos_distances, n_neg, margin)
     valid_pair = ops.logical_and(is_pos, (n_neg > 0)[:, None])
     hinge = ops.where(valid_pair, ops.relu(margin + pos_distances - chosen), 0.0)
     return _result(
@@ -339,6 +367,49 @@ def semi_hard(
         weights,
         average,
     )
+
+
+#: semi_hard scans the negatives once per positive (P masked argmins over (B, M)) when the
+#: anchors have at most this many positives, and sorts each anchor's negatives otherwise
+SEMI_HARD_SCAN = 8
+
+
+def _semi_hard_by_scans(distances: Any, negative: Any, pos_distances: Any) -> Any:
+    """D[a, n*] (B, P) for each anchor and positive slot, by one masked argmin per slot.
+
+    n* = the nearest negative farther than the positive, else the farthest negative
+    (any negative where the anchor has none: such pairs are not valid). The
+    distances are gathered at n*, so the gradient reaches the chosen negative only.
+    """
+    from keras import ops
+
+    ranking = ops.stop_gradient(distances)
+    farthest, _ = masked_argmax(ranking, negative)
+    nearness = -ranking
+    columns = []
+    for slot in range(_columns(pos_distances)):
+        farther = ops.logical_and(
+            negative, ranking > ops.stop_gradient(pos_distances[:, slot : slot + 1])
+        )
+        nearest, has = masked_argmax(nearness, farther)
+        columns.append(ops.where(has, nearest, farthest))
+    return _take_rows(distances, ops.stack(columns, axis=1))
+
+
+def _semi_hard_by_sorting(
+    distances: Any, negative: Any, pos_distances: Any, n_neg: Any, margin: float
+) -> Any:
+    """D[a, n*] (B, P) as :func:`_semi_hard_by_scans`, by sorting each anchor's negatives once
+    and locating its positives by binary search: O(B M log M) for any number of positives."""
+    from keras import ops
+
+    # Larger than any distance, so padding never counts as a negative.
+    sentinel = ops.stop_gradient(ops.max(distances)) + margin + 1.0
+    neg_sorted = ops.sort(ops.where(negative, distances, sentinel), axis=1)
+    # index of the first negative strictly farther than the positive, else the last one
+    farther = _searchsorted_rows(neg_sorted, pos_distances, "right")
+    last = ops.cast(maximum(n_neg - 1.0, 0.0), "int32")[:, None]
+    return _take_rows(neg_sorted, ops.minimum(farther, last))
 
 
 def mine(

@@ -187,11 +187,18 @@ def _num_rows(x: Any) -> Any:
     return static if static is not None else ops.shape(x)[0]
 
 
-def _zero_diagonal(matrix: Any) -> Any:
+def _set_diagonal(matrix: Any, value: Any) -> Any:
+    """``matrix`` (B, B) with its diagonal set to ``value`` (a scalar): B writes, no (B, B)
+    mask (the diagonal entries' gradient is zero)."""
     from keras import ops
 
-    size = _num_rows(matrix)
-    return ops.where(ops.eye(size, dtype="bool"), ops.zeros_like(matrix), matrix)
+    index = ops.arange(_num_rows(matrix), dtype="int32")
+    diagonal = ops.zeros_like(index, dtype=matrix.dtype) + ops.cast(value, matrix.dtype)
+    return ops.scatter_update(matrix, ops.stack([index, index], axis=1), diagonal)
+
+
+def _zero_diagonal(matrix: Any) -> Any:
+    return _set_diagonal(matrix, 0.0)
 
 
 def _refine_nearest(squared: Any, x: Any, y: Any, k: int, same: bool, valid: Any = None) -> Any:
@@ -209,7 +216,7 @@ def _refine_nearest(squared: Any, x: Any, y: Any, k: int, same: bool, valid: Any
         k = ops.minimum(k, cols)
     ranking = ops.stop_gradient(squared)
     if same:  # the diagonal is exactly 0 already: rank it last
-        ranking = ops.where(ops.eye(rows, dtype="bool"), ops.max(ranking) + 1.0, ranking)
+        ranking = _set_diagonal(ranking, ops.max(ranking) + 1.0)
     if valid is not None:
         ranking = ops.where(valid[None, :], ranking, ops.max(ranking) + 1.0)
     _, nearest = ops.top_k(-ranking, k)  # (B, k) column indices
@@ -262,9 +269,10 @@ def pairwise_squared_euclidean(
     nx = ops.sum(ops.square(cx), axis=1)
     ny = ops.sum(ops.square(cy), axis=1)
     gram = matmul(cx, ops.transpose(cy))
-    squared = maximum(nx[:, None] + ny[None, :] - 2.0 * gram, 0.0)
+    norms = nx[:, None] + ny[None, :]
+    squared = maximum(norms - 2.0 * gram, 0.0)
     if exact_neighbours > 0:
-        noise = GRAM_NOISE * _eps(dtype) * ops.stop_gradient(nx[:, None] + ny[None, :])
+        noise = GRAM_NOISE * _eps(dtype) * ops.stop_gradient(norms)
         squared = ops.where(squared > noise, squared, 0.0)
         squared = _refine_nearest(squared, x, y, int(exact_neighbours), same, valid)
     return _zero_diagonal(squared) if same else squared

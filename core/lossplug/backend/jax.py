@@ -8,9 +8,10 @@ differences from Keras' own ``JAXTrainer.train_step``:
 * the optimizer's step counter is part of the state the loss sees, so
   ``extras.step`` and schedules of the step are live values, not the constant
   they would be if read from the (purged) variable inside the trace;
-* the new state is selected element-wise (``jnp.where``): a step whose loss or
-  gradients are not finite returns the state it got (no weight, optimizer,
-  plugin or layer statistic changes);
+* the optimizer's update runs only if the loss and gradients are finite
+  (``jax.lax.cond``), and the layers' and plugins' new state is selected
+  element-wise: a step that fails the check returns the state it got (no weight,
+  optimizer, plugin or layer statistic changes);
 * plugin state updates (``extras.state.update``) are assigned in Keras'
   ``StatelessScope`` and leave the step as new non-trainable values.
 
@@ -174,14 +175,32 @@ def keras_loss_prediction(y_pred: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- training
-def _select(ok: Any, new: Any, old: Any) -> Any:
-    """``new`` where ``ok``, else ``old``, leaf by leaf.
+def _apply_if(
+    ok: Any, optimizer: Any, optimizer_variables: Any, grads: Any, trainable: Any
+) -> tuple[Any, Any]:
+    """(trainable, optimizer variables) after the optimizer's update if ``ok``, else unchanged.
 
-    An element-wise select, which XLA can fuse with the optimizer's update that produced
-    ``new`` (not always completely: it still reads part of the state once more);
-    ``jax.lax.cond`` between the two states made the compiled step copy the whole state
-    (XLA's cost analysis, bytes accessed: ``benchmarks/bench_train_step.py``).
+    The update runs inside ``jax.lax.cond`` on the state it receives as operands, so a
+    skipped step computes nothing and an applied one updates the (donated) buffers in
+    place. Computing the update first and then selecting it element-wise (``jnp.where``
+    per variable) costs as much again as the update itself on XLA's CPU backend, and a
+    ``cond`` choosing between two already computed states copies the whole state
+    (``benchmarks/bench_train_step.py``, docs/decisions.md).
     """
+
+    def apply(operands: Any) -> Any:
+        optimizer_variables, grads, trainable = operands
+        return optimizer.stateless_apply(optimizer_variables, grads, trainable)
+
+    def keep(operands: Any) -> Any:
+        optimizer_variables, _, trainable = operands
+        return list(trainable), list(optimizer_variables)
+
+    return jax.lax.cond(ok, apply, keep, (optimizer_variables, grads, trainable))
+
+
+def _select(ok: Any, new: Any, old: Any) -> Any:
+    """``new`` where ``ok``, else ``old``, leaf by leaf (the layers' and plugins' state)."""
     return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
@@ -252,9 +271,6 @@ class Trainer:
             True,
         )
         unscaled, y_pred, new_non_trainable, metrics_variables, finite = aux
-        new_trainable, new_optimizer = self.optimizer.stateless_apply(
-            optimizer_variables, grads, trainable
-        )
         if self._lossplug.value["check_finite"]:
             guard = self._lossplug_guard
             mapping = list(zip(self.metrics_variables, metrics_variables, strict=True))
@@ -265,10 +281,13 @@ class Trainer:
                 _current(scope, v, old)
                 for v, old in zip(self.metrics_variables, metrics_variables, strict=True)
             ]
-            new_trainable, new_optimizer, new_non_trainable = _select(
-                ok,
-                (new_trainable, new_optimizer, new_non_trainable),
-                (trainable, optimizer_variables, non_trainable),
+            new_trainable, new_optimizer = _apply_if(
+                ok, self.optimizer, optimizer_variables, grads, trainable
+            )
+            new_non_trainable = _select(ok, new_non_trainable, non_trainable)
+        else:
+            new_trainable, new_optimizer = self.optimizer.stateless_apply(
+                optimizer_variables, grads, trainable
             )
         logs, metrics_variables = self._update_metrics_variables(
             metrics_variables, unscaled, x, y, y_pred, sample_weight

@@ -76,7 +76,7 @@ def problems(draw):
 def test_pairs_are_the_first_two_samples_of_each_class_in_canonical_order(labels, data):
     values = st.sampled_from([-1.0, 0.0, 0.5, 1.0])  # many ties between coordinates and rows
     x = data.draw(hnp.arrays(np.float32, (len(labels), 3), elements=values))
-    anchor, positive = form_pairs(labels, x)
+    anchor, positive = form_pairs(ops.convert_to_tensor(labels), ops.convert_to_tensor(x))
     anchor, positive = ops.convert_to_numpy(anchor), ops.convert_to_numpy(positive)
     expected = np_pairs(labels, x)
     assert sorted(np.flatnonzero(anchor).tolist()) == sorted(a for a, _ in expected)
