@@ -164,6 +164,34 @@ def test_epoch_reaches_plugins_and_schedules_without_retracing(toy_plugins):
     assert toy_plugins.EpochProbe.calls == 3 + 3 * steps
 
 
+@pytest.mark.backends("jax")
+def test_jax_steps_without_jit_compile_nothing_after_the_first_epoch(toy_plugins):
+    """jit_compile=False on JAX runs op by op; the finite guard's branch must not compile
+    anything per step (an eager ``lax.cond`` compiles both branches at every call)."""
+    import jax
+
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    x, y = make_data(n=64)
+    model = make_model()
+    model.compile(
+        "adam", loss=["toy_ce", lossplug.use("toy_center", num_classes=4)], jit_compile=False
+    )
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # every op compiled once
+        first = len(compiles)
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert first > 0  # the listener sees compilations
+    assert len(compiles) == first
+
+
 def test_fit_without_targets_for_self_supervised_terms():
     x, _ = make_data()
     inputs = keras.Input((16,), name="x_in")

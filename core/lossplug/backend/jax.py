@@ -182,7 +182,9 @@ def _apply_if(
 
     The update runs inside ``jax.lax.cond`` on the state it receives as operands, so a
     skipped step computes nothing and an applied one updates the (donated) buffers in
-    place. Computing the update first and then selecting it element-wise (``jnp.where``
+    place. Without ``jax.jit`` (``jit_compile=False``) ``ok`` is a value and the branch is
+    Python's: an eager ``lax.cond`` would compile both branches at every step. Computing the
+    update first and then selecting it element-wise (``jnp.where``
     per variable) costs as much again as the update itself on XLA's CPU backend, and a
     ``cond`` choosing between two already computed states copies the whole state
     (``benchmarks/bench_train_step.py``, docs/decisions.md).
@@ -196,7 +198,10 @@ def _apply_if(
         optimizer_variables, _, trainable = operands
         return list(trainable), list(optimizer_variables)
 
-    return jax.lax.cond(ok, apply, keep, (optimizer_variables, grads, trainable))
+    operands = (optimizer_variables, grads, trainable)
+    if not is_traced(ok):  # jit_compile=False: op by op, and ``ok`` is a value
+        return apply(operands) if bool(ok) else keep(operands)
+    return jax.lax.cond(ok, apply, keep, operands)
 
 
 def _select(ok: Any, new: Any, old: Any) -> Any:
