@@ -189,7 +189,7 @@ def _searchsorted_rows(sorted_rows: Any, values: Any, side: str) -> Any:
     count of entries <= (side "right") or < (side "left") each value is built from
     the largest power of two down: ``pos += step`` where ``row[pos + step - 1]``
     passes, for step = 2**(k-1), ..., 1. That is k steps of one gather, one
-    comparison and two additions each, so that a few sorted entries per row (the
+    comparison, one select and one addition each, so that a few sorted entries per row (the
     positives of batch-all) cost a few steps. Values must not be NaN or +inf.
     int32 indices in [0, L], without gradient.
     """
@@ -218,17 +218,15 @@ def _searchsorted_rows(sorted_rows: Any, values: Any, side: str) -> Any:
     base = ops.arange(rows, dtype="int32")[:, None] * ops.cast(padded_width, "int32")
 
     # ``probe``: the flat index pos + size - 1 of the entry a step compares, carried from
-    # step to step (the next one is size / 2 further right or left); the last step (size 1)
-    # moves it to pos itself, one right of the last entry that passed.
+    # step to step: the next step's probe (size / 2) is pos' + size / 2 - 1, i.e. this one
+    # moved by size - half if it passed (pos' = pos + size) and by -half if not; the last
+    # step (size 1, half 0) leaves it at pos itself.
     def step(i: Any, probe: Any) -> Any:
         size = ops.right_shift(ops.cast(top, "int32"), i) if concrete is None else top >> i
         half = ops.right_shift(size, 1) if concrete is None else size >> 1
-        last = size == 1
-        right = ops.cast(ops.where(last, 1, half), "int32")
-        left = ops.cast(ops.where(last, 0, -half), "int32")
         entry = ops.take(flat, probe)
         passes = entry <= values if side == "right" else entry < values
-        return probe + ops.where(passes, right, left)
+        return probe + ops.cast(ops.where(passes, size - half, -half), "int32")
 
     probe = ops.broadcast_to(base + ops.cast(top - 1, "int32"), ops.shape(values))
     if concrete is not None:
