@@ -200,7 +200,9 @@ def xla_cost(model) -> dict:
             model.metrics_variables,
         )
     )
-    analysis = jax.jit(model.train_step).lower(state, (x, y)).compile().cost_analysis()
+    # donated, as Keras' JAX trainer compiles it: the new state may reuse the old buffers
+    compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, (x, y)).compile()
+    analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
 
