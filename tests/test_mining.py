@@ -127,45 +127,58 @@ def test_compiled_mining_equals_eager(strategy):
     np.testing.assert_allclose(as_float(fn(d, labels)), eager, rtol=1e-6)
 
 
+#: the constant that chooses scans over sorting or searching, per strategy
+SCAN_LIMITS = {"semi_hard": "SEMI_HARD_SCAN", "batch_all": "BATCH_ALL_SCAN"}
+
+
 @SETTINGS
 @given(
     problem=cross_problems(),
     average=st.sampled_from(mining.AVERAGES),
     margin=st.sampled_from(MARGINS),
+    strategy=st.sampled_from(sorted(SCAN_LIMITS)),
 )
-def test_semi_hard_by_sorting_equals_brute_force_where_scans_would_be_used(
-    problem, average, margin
+def test_search_paths_equal_brute_force_where_scans_would_be_used(
+    problem, average, margin, strategy
 ):
-    """The sorting path (any number of positives) on the small problems the scans take."""
+    """The sorting / searching paths (any number of positives) on the small problems the
+    scans take."""
     d, positive, negative, weights = problem
-    with mock.patch.object(mining, "SEMI_HARD_SCAN", -1):
+    with mock.patch.object(mining, SCAN_LIMITS[strategy], -1):
         result = mining.mine(
             d,
             positive,
             negative,
             margin=margin,
-            strategy="semi_hard",
+            strategy=strategy,
             average=average,
             weights=weights,
         )
     expected, _ = brute_force_triplets(
-        d.astype(np.float64), positive, negative, margin, "semi_hard", average, weights
+        d.astype(np.float64), positive, negative, margin, strategy, average, weights
     )
     np.testing.assert_allclose(as_float(result.loss), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("strategy", sorted(SCAN_LIMITS))
 @pytest.mark.parametrize("per_class", [3, mining.SEMI_HARD_SCAN + 1, 2 * mining.SEMI_HARD_SCAN])
-def test_semi_hard_with_few_and_many_positives_equals_brute_force(per_class):
-    """More positives per anchor than SEMI_HARD_SCAN take the sorting path, fewer the scans."""
+def test_few_and_many_positives_equal_brute_force(strategy, per_class):
+    """More positives per anchor than the scan limit take the sorting / searching path,
+    fewer the scans; both give the loss and the active count of brute force."""
+    assert mining.SEMI_HARD_SCAN == mining.BATCH_ALL_SCAN  # the per_class values fit both
     rng = np.random.default_rng(per_class)
     labels = np.repeat(np.arange(4), per_class).astype(np.int32)
     x = rng.normal(size=(len(labels), 3)).astype(np.float32)
     d = np_pairwise(x, None, "euclidean", numerics.L2_EPSILON).astype(np.float32)
     same = labels[:, None] == labels[None, :]
     positive = same & ~np.eye(len(labels), dtype=bool)
-    result = mining.mine(d, positive, ~same, margin=0.4, strategy="semi_hard")
-    expected, _ = brute_force_triplets(d.astype(np.float64), positive, ~same, 0.4, "semi_hard")
-    np.testing.assert_allclose(as_float(result.loss), expected, rtol=1e-6, atol=1e-7)
+    for average in mining.AVERAGES:
+        result = mining.mine(d, positive, ~same, margin=0.4, strategy=strategy, average=average)
+        expected, active_fraction = brute_force_triplets(
+            d.astype(np.float64), positive, ~same, 0.4, strategy, average
+        )
+        np.testing.assert_allclose(as_float(result.loss), expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(as_float(result.active_fraction), active_fraction, rtol=1e-6)
 
 
 @SETTINGS

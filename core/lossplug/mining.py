@@ -19,11 +19,14 @@ batch_all
     Computed without a B x M x M tensor, from the negatives' side: for an
     anchor a and a negative n, the positives whose threshold t_ap = m + D[a, p]
     exceeds D[a, n] contribute t_ap - D[a, n]. Each anchor's positive distances
-    are taken with top_k (P = max_a |P(a)| of them: K - 1 in P x K batches),
-    giving its thresholds in order; one binary search per (a, n) in those P
-    thresholds gives their number q and, through suffix sums, their sum S, and
-    sum over p of h(a, p, n) = S - q D[a, n].
-    Time O(B M log P), memory O(B M + B P).
+    are taken with top_k (P = max_a |P(a)| of them: K - 1 in P x K batches).
+    With at most BATCH_ALL_SCAN positives per anchor, one pass over the (B, M)
+    distances per positive slot sums relu(t_ap - D[a, n]) directly: time
+    O(B M P), memory O(B M P). With more, the thresholds are taken in order and
+    one binary search per (a, n) among them gives their number q and, through
+    suffix sums, their sum S, and sum over p of h(a, p, n) = S - q D[a, n]:
+    time O(B M log P), memory O(B M + B P). The scans need P as a number, as
+    for semi_hard.
 
 batch_hard (Hermans et al., 2017)
     one triplet per anchor with positives and negatives:
@@ -317,10 +320,52 @@ def batch_all(
     distances, positive, negative, n_pos, n_neg, weights = _prepare(
         distances, positive, negative, weights
     )
-    dtype = distances.dtype
     pos_distances, is_pos = _positive_distances(distances, positive, n_pos)
-    # thresholds t = m + D[a, p] in ascending order, padding (-1) first
-    thresholds = ops.flip(ops.where(is_pos, margin + pos_distances, -1.0), axis=1)
+    # thresholds t = m + D[a, p], -1 in the padding (below every distance: no hinge)
+    thresholds = ops.where(is_pos, margin + pos_distances, -1.0)
+    width = _columns(thresholds)
+    if isinstance(width, int) and width <= BATCH_ALL_SCAN:
+        hinge_sums, per_anchor_active = _batch_all_by_scans(distances, negative, thresholds, margin)
+    else:
+        hinge_sums, per_anchor_active = _batch_all_by_search(distances, negative, thresholds)
+    return _result(hinge_sums, n_pos * n_neg, per_anchor_active, weights, average)
+
+
+#: batch_all scans the (B, M) distances once per positive when the anchors have at most this
+#: many positives, and locates each distance among the thresholds by binary search otherwise
+BATCH_ALL_SCAN = 8
+
+
+def _batch_all_by_scans(
+    distances: Any, negative: Any, thresholds: Any, margin: float
+) -> tuple[Any, Any]:
+    """Per anchor: sum over n in N(a), p of h(a, p, n), and the number of active (p, n).
+
+    One pass per positive slot p: sum_n relu(t_ap - D'[a, n]), where D' holds the
+    negatives' distances and, elsewhere, a value above every threshold (no hinge, no
+    gradient). Time O(B M P); a few (B, M) tensors per slot, no gather.
+    """
+    from keras import ops
+
+    dtype = distances.dtype
+    beyond = ops.stop_gradient(ops.max(distances)) + margin + 1.0
+    candidates = ops.where(negative, distances, beyond)
+    hinge_sums = ops.zeros_like(thresholds[:, 0])
+    active = ops.zeros_like(hinge_sums)
+    for slot in range(_columns(thresholds)):
+        hinges = ops.relu(thresholds[:, slot : slot + 1] - candidates)
+        hinge_sums = hinge_sums + ops.sum(hinges, axis=1)
+        active = active + ops.sum(ops.cast(ops.stop_gradient(hinges) > 0, dtype), axis=1)
+    return hinge_sums, active
+
+
+def _batch_all_by_search(distances: Any, negative: Any, thresholds: Any) -> tuple[Any, Any]:
+    """:func:`_batch_all_by_scans`'s two sums by a binary search per (a, n) among the
+    anchor's sorted thresholds and their suffix sums: O(B M log P) for any P."""
+    from keras import ops
+
+    dtype = distances.dtype
+    thresholds = ops.flip(thresholds, axis=1)  # ascending, padding first
     width = ops.shape(thresholds)[1]
     suffix = ops.flip(cumsum(ops.flip(thresholds, axis=1), axis=1), axis=1)
     suffix = ops.concatenate([suffix, ops.zeros_like(suffix[:, :1])], axis=1)
@@ -330,7 +375,7 @@ def batch_all(
     # a sum of positive terms; rounding may leave -eps
     hinge_sum = ops.where(negative, ops.relu(hinge_sum), 0.0)
     per_anchor_active = ops.sum(ops.where(negative, above, 0.0), axis=1)
-    return _result(ops.sum(hinge_sum, axis=1), n_pos * n_neg, per_anchor_active, weights, average)
+    return ops.sum(hinge_sum, axis=1), per_anchor_active
 
 
 def semi_hard(
