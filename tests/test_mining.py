@@ -11,6 +11,7 @@ from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -127,8 +128,12 @@ def test_compiled_mining_equals_eager(strategy):
     np.testing.assert_allclose(as_float(fn(d, labels)), eager, rtol=1e-6)
 
 
-#: the constant that chooses scans over sorting or searching, per strategy
-SCAN_LIMITS = {"semi_hard": "SEMI_HARD_SCAN", "batch_all": "BATCH_ALL_SCAN"}
+#: per strategy: the constant that chooses scans over sorting or searching, and the function
+#: of the other path
+SCAN_LIMITS = {
+    "semi_hard": ("SEMI_HARD_SCAN", "_semi_hard_by_sorting"),
+    "batch_all": ("BATCH_ALL_SCAN", "_batch_all_by_search"),
+}
 
 
 @SETTINGS
@@ -144,7 +149,7 @@ def test_search_paths_equal_brute_force_where_scans_would_be_used(
     """The sorting / searching paths (any number of positives) on the small problems the
     scans take."""
     d, positive, negative, weights = problem
-    with mock.patch.object(mining, SCAN_LIMITS[strategy], -1):
+    with mock.patch.object(mining, SCAN_LIMITS[strategy][0], -1):
         result = mining.mine(
             d,
             positive,
@@ -161,19 +166,25 @@ def test_search_paths_equal_brute_force_where_scans_would_be_used(
 
 
 @pytest.mark.parametrize("strategy", sorted(SCAN_LIMITS))
-@pytest.mark.parametrize("per_class", [3, mining.SEMI_HARD_SCAN + 1, 2 * mining.SEMI_HARD_SCAN])
-def test_few_and_many_positives_equal_brute_force(strategy, per_class):
-    """More positives per anchor than the scan limit take the sorting / searching path,
-    fewer the scans; both give the loss and the active count of brute force."""
-    assert mining.SEMI_HARD_SCAN == mining.BATCH_ALL_SCAN  # the per_class values fit both
+@pytest.mark.parametrize("beyond_limit", [-6, 0, 1, 7])
+def test_few_and_many_positives_equal_brute_force(strategy, beyond_limit):
+    """Anchors with up to the scan limit of positives take the scans (PyTorch, eager
+    TensorFlow; JAX always sorts / searches), with more the sorting / searching path;
+    both give the loss and the active fraction of brute force."""
+    limit_name, other_path = SCAN_LIMITS[strategy]
+    positives = getattr(mining, limit_name) + beyond_limit
+    per_class = positives + 1
     rng = np.random.default_rng(per_class)
     labels = np.repeat(np.arange(4), per_class).astype(np.int32)
     x = rng.normal(size=(len(labels), 3)).astype(np.float32)
     d = np_pairwise(x, None, "euclidean", numerics.L2_EPSILON).astype(np.float32)
     same = labels[:, None] == labels[None, :]
     positive = same & ~np.eye(len(labels), dtype=bool)
+    searched = beyond_limit > 0 or keras.backend.backend() == "jax"
     for average in mining.AVERAGES:
-        result = mining.mine(d, positive, ~same, margin=0.4, strategy=strategy, average=average)
+        with mock.patch.object(mining, other_path, wraps=getattr(mining, other_path)) as path:
+            result = mining.mine(d, positive, ~same, margin=0.4, strategy=strategy, average=average)
+        assert path.called == searched
         expected, active_fraction = brute_force_triplets(
             d.astype(np.float64), positive, ~same, 0.4, strategy, average
         )

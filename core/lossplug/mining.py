@@ -173,6 +173,20 @@ def _take_rows(matrix: Any, index: Any) -> Any:
     return ops.take(ops.reshape(matrix, (-1,)), offsets + ops.cast(index, "int32"))
 
 
+def _scans(pos_distances: Any, limit: int) -> bool:
+    """Whether to scan once per positive slot: P is a number (eager) and at most ``limit``."""
+    width = _columns(pos_distances)
+    return isinstance(width, int) and width <= limit
+
+
+def _negatives_or_beyond(distances: Any, negative: Any, margin: float) -> Any:
+    """D[a, n] on the negatives; elsewhere a value above every m + D[a, j], without gradient."""
+    from keras import ops
+
+    beyond = ops.stop_gradient(ops.max(distances)) + margin + 1.0
+    return ops.where(negative, distances, beyond)
+
+
 def _bit_length(n: Any) -> Any:
     """``n.bit_length()`` of a positive int32 scalar tensor (a float guess, corrected)."""
     from keras import ops
@@ -323,8 +337,7 @@ def batch_all(
     pos_distances, is_pos = _positive_distances(distances, positive, n_pos)
     # thresholds t = m + D[a, p], -1 in the padding (below every distance: no hinge)
     thresholds = ops.where(is_pos, margin + pos_distances, -1.0)
-    width = _columns(thresholds)
-    if isinstance(width, int) and width <= BATCH_ALL_SCAN:
+    if _scans(thresholds, BATCH_ALL_SCAN):
         hinge_sums, per_anchor_active = _batch_all_by_scans(distances, negative, thresholds, margin)
     else:
         hinge_sums, per_anchor_active = _batch_all_by_search(distances, negative, thresholds)
@@ -348,8 +361,7 @@ def _batch_all_by_scans(
     from keras import ops
 
     dtype = distances.dtype
-    beyond = ops.stop_gradient(ops.max(distances)) + margin + 1.0
-    candidates = ops.where(negative, distances, beyond)
+    candidates = _negatives_or_beyond(distances, negative, margin)
     hinge_sums = ops.zeros_like(thresholds[:, 0])
     active = ops.zeros_like(hinge_sums)
     for slot in range(_columns(thresholds)):
@@ -396,8 +408,7 @@ def semi_hard(
     )
     dtype = distances.dtype
     pos_distances, is_pos = _positive_distances(distances, positive, n_pos)
-    width = _columns(pos_distances)
-    if isinstance(width, int) and width <= SEMI_HARD_SCAN:
+    if _scans(pos_distances, SEMI_HARD_SCAN):
         chosen = _semi_hard_by_scans(distances, negative, pos_distances)
     else:
         chosen = _semi_hard_by_sorting(distances, negative, pos_distances, n_neg, margin)
@@ -446,9 +457,8 @@ def _semi_hard_by_sorting(
     and locating its positives by binary search: O(B M log M) for any number of positives."""
     from keras import ops
 
-    # Larger than any distance, so padding never counts as a negative.
-    sentinel = ops.stop_gradient(ops.max(distances)) + margin + 1.0
-    neg_sorted = ops.sort(ops.where(negative, distances, sentinel), axis=1)
+    # Non-negatives sort last, beyond every distance: padding never counts as a negative.
+    neg_sorted = ops.sort(_negatives_or_beyond(distances, negative, margin), axis=1)
     # index of the first negative strictly farther than the positive, else the last one
     farther = _searchsorted_rows(neg_sorted, pos_distances, "right")
     last = ops.cast(maximum(n_neg - 1.0, 0.0), "int32")[:, None]
