@@ -1,17 +1,19 @@
 """Train-step time of a LossModel against a hand-written Keras 3 equivalent, per backend.
 
-Both models compute the same thing: sparse cross-entropy on the logits plus
+The models compute the same thing: sparse cross-entropy on the logits plus
 0.2 * center loss on an intermediate layer with trainable centres. The
 hand-written one is the best Keras 3 recipe: a functional model whose
-``compute_loss`` override reads the intermediate layer from a second output.
+``compute_loss`` override reads the intermediate layer from a second output. The
+LossModel is timed twice: as compiled by default (with the finite guard) and with
+``compile(check_finite=False)``, which shows the guard's share of the difference.
 
 The Keras backend is fixed per process, so each backend of ``--backends`` runs in a
-fresh process (``KERAS_BACKEND`` set) that builds both models for each ``jit_compile``
+fresh process (``KERAS_BACKEND`` set) that builds the models for each ``jit_compile``
 setting and times them there; this process collects the results and writes one table,
-a row per backend x jit_compile. Within a process the two models take turns (in
-alternating order), so both share the machine's drift and noise: each round gives the
-ratio of the two models' times, and the table reports the median ratio over the rounds
-with its quartiles and range.
+a row per backend x jit_compile. Within a process the models take turns (in
+alternating order), so they share the machine's drift and noise: each round gives the
+ratio of each LossModel's time to the hand-written model's, and the table reports the
+median ratio over the rounds with its quartiles (and range).
 
 Two ways to time a step (``--mode``):
 
@@ -52,8 +54,14 @@ JIT = (False, True)
 
 
 # ----------------------------------------------------------------------------- the models
+#: the models timed: the hand-written one, the LossModel as compiled by default, and the
+#: LossModel with ``compile(check_finite=False)`` (no finite guard), which shows the guard's
+#: share of the difference
+KINDS = ("hand", "lossplug", "unguarded")
+
+
 def build(kind: str, jit: bool):
-    """The hand-written model ("hand") or the LossModel ("lossplug"), compiled."""
+    """One of :data:`KINDS`, compiled."""
     import keras
     import lossplug
     from keras import ops
@@ -83,7 +91,7 @@ def build(kind: str, jit: bool):
     h = keras.layers.Dense(512, activation="relu")(inputs)
     features = keras.layers.Dense(D_FEAT, activation="relu", name="features")(h)
     logits = keras.layers.Dense(CLASSES, name="logits")(features)
-    if kind == "lossplug":
+    if kind in ("lossplug", "unguarded"):
         model = lossplug.LossModel(inputs, logits, expose=["features"])
         model.compile(
             "adam",
@@ -98,6 +106,7 @@ def build(kind: str, jit: bool):
                 ),
             ],
             jit_compile=jit,
+            check_finite=kind == "lossplug",
         )
     else:
         model = HandWritten(inputs, [logits, features])
@@ -112,7 +121,7 @@ def time_models(jit: bool, mode: str, rounds: int, max_steps: int, round_seconds
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, BATCH, D_IN)).astype("float32")
     y = rng.integers(0, CLASSES, size=(8, BATCH))
-    models = {kind: build(kind, jit) for kind in ("hand", "lossplug")}
+    models = {kind: build(kind, jit) for kind in KINDS}
     estimate = 0.0
     for model in models.values():
         for i in range(5):  # traces the train function, then warms up
@@ -126,15 +135,15 @@ def time_models(jit: bool, mode: str, rounds: int, max_steps: int, round_seconds
         samples = _time_fit(models, x, y, rounds, steps)
     else:
         samples = _time_train_on_batch(models, x, y, rounds, steps)
-    return {
-        "steps": steps,
-        "hand_ms": 1e3 * statistics.median(t for r in samples["hand"] for t in r),
-        "lossplug_ms": 1e3 * statistics.median(t for r in samples["lossplug"] for t in r),
-        "round_ratios": [
-            statistics.median(ours) / statistics.median(hand)
-            for ours, hand in zip(samples["lossplug"], samples["hand"], strict=True)
-        ],
-    }
+    result: dict = {"steps": steps}
+    for kind in KINDS:
+        result[f"{kind}_ms"] = 1e3 * statistics.median(t for r in samples[kind] for t in r)
+        if kind != "hand":
+            result[f"{kind}_ratios"] = [
+                statistics.median(ours) / statistics.median(hand)
+                for ours, hand in zip(samples[kind], samples["hand"], strict=True)
+            ]
+    return result
 
 
 def _time_train_on_batch(models: dict, x, y, rounds: int, steps: int) -> dict:
@@ -226,7 +235,7 @@ def worker(spec: dict) -> dict:
             results[str(jit)] = f"failed: {type(error).__name__}: {str(error)[:200]}"
     costs = None
     if keras.backend.backend() == "jax":
-        costs = {kind: xla_cost(build(kind, True)) for kind in ("hand", "lossplug")}
+        costs = {kind: xla_cost(build(kind, True)) for kind in KINDS}
     return {"backend": keras.backend.backend(), "results": results, "xla_cost": costs}
 
 
@@ -293,24 +302,21 @@ def main() -> None:
         )
         costs = None if isinstance(result, str) else result.get("xla_cost")
         if costs:
-            hand, ours = costs["hand"], costs["lossplug"]
-            cost_rows.append(
-                [
-                    backend,
-                    f"{hand['flops'] / 1e6:.1f}",
-                    f"{ours['flops'] / 1e6:.1f}",
-                    f"{ours['flops'] / hand['flops']:.3f}",
-                    f"{hand['bytes'] / 1e6:.2f}",
-                    f"{ours['bytes'] / 1e6:.2f}",
-                    f"{ours['bytes'] / hand['bytes']:.3f}",
-                ]
-            )
+            hand = costs["hand"]
+            row = [backend]
+            for measure, unit, digits in (("flops", 1e6, 1), ("bytes", 1e6, 2)):
+                row.append(f"{hand[measure] / unit:.{digits}f}")
+                for kind in KINDS[1:]:
+                    ours = costs[kind][measure]
+                    row += [f"{ours / unit:.{digits}f}", f"{ours / hand[measure]:.3f}"]
+            cost_rows.append(row)
         for jit in jits:
             cell = result if isinstance(result, str) else result["results"][str(jit)]
             if isinstance(cell, str):
-                rows.append([backend, jit, cell, "-", "-", "-", "-", "-"])
+                rows.append([backend, jit, cell, *["-"] * 8])
                 continue
-            ratios = cell["round_ratios"]
+            ratios = cell["lossplug_ratios"]
+            unguarded = cell["unguarded_ratios"]
             q1, q3 = benchlib.quartiles(ratios)
             rows.append(
                 [
@@ -322,6 +328,9 @@ def main() -> None:
                     f"{statistics.median(ratios):.3f}",
                     benchlib.fmt_range(q1, q3),
                     benchlib.fmt_range(min(ratios), max(ratios)),
+                    f"{cell['unguarded_ms']:.3f}",
+                    f"{statistics.median(unguarded):.3f}",
+                    benchlib.fmt_range(*benchlib.quartiles(unguarded)),
                 ]
             )
     if args.mode == "fit":
@@ -339,7 +348,9 @@ def main() -> None:
     report.add(
         "train_step",
         f"Batch {BATCH}, Adam, mode `{args.mode}`: {timing}; the quartiles and the range are "
-        "those of the per-round ratios.",
+        "those of the per-round ratios. *LossModel* is compiled as by default (with the finite "
+        "guard), *unguarded* with `check_finite=False`; both ratios are to the hand-written "
+        "model in the same rounds.",
         benchlib.table(
             [
                 "backend",
@@ -350,8 +361,11 @@ def main() -> None:
                 "ratio",
                 "per-round quartiles",
                 "per-round range",
+                "unguarded (ms)",
+                "unguarded ratio",
+                "its quartiles",
             ],
-            "llrrrrrr",
+            "llrrrrrrrrr",
             rows,
         ),
     )
@@ -366,11 +380,15 @@ def main() -> None:
                     "hand-written MFLOP",
                     "LossModel MFLOP",
                     "ratio",
+                    "unguarded MFLOP",
+                    "ratio",
                     "hand-written MB accessed",
                     "LossModel MB accessed",
                     "ratio",
+                    "unguarded MB accessed",
+                    "ratio",
                 ],
-                "lrrrrrr",
+                "lrrrrrrrrrr",
                 cost_rows,
             ),
         )

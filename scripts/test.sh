@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: ruff (lint and format), then pytest with the quick Hypothesis profile, once
-# per Keras backend. Other arguments go to pytest.
+# per Keras backend, its test files spread over LOSSPLUG_TEST_WORKERS processes (pytest-xdist,
+# default 2: one per core of the CI machine; 0 runs them in this process). Other arguments go to
+# pytest.
 #
 #   bash scripts/test.sh                    # what .ci/run runs: everything on TensorFlow, then
 #                                           # the core's tests (tests/) on JAX
@@ -26,6 +28,8 @@ if [ "${backends[*]}" = "all" ]; then backends=(tensorflow jax torch); fi
 bash scripts/bootstrap.sh tensorflow jax torch
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export LOSSPLUG_PROFILE=${LOSSPLUG_PROFILE:-quick}
+# --dist loadfile: a file's tests share one process (its module fixtures train models once)
+workers=(-n "${LOSSPLUG_TEST_WORKERS:-2}" --dist loadfile)
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 first=1
@@ -38,6 +42,6 @@ for backend in "${backends[@]}"; do
   # The default run keeps CI short: the plugins' own suites run on TensorFlow there; their
   # conformance and tests on JAX and PyTorch are the --backend runs (docs/backends.md).
   [ $first -eq 1 ] || [ $default_run -eq 0 ] || [ ${#pytest_args[@]} -gt 0 ] || paths=(tests)
-  KERAS_BACKEND=$backend .venv/bin/python -m pytest "${marker[@]}" "${pytest_args[@]}" "${paths[@]}"
+  KERAS_BACKEND=$backend .venv/bin/python -m pytest "${workers[@]}" "${marker[@]}" "${pytest_args[@]}" "${paths[@]}"
   first=0
 done

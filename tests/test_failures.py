@@ -142,6 +142,59 @@ def test_several_steps_per_execution_name_the_first_bad_batch():
     assert all(np.all(np.isfinite(w)) for w in weights_of(model))
 
 
+class BatchesBegun(keras.callbacks.Callback):
+    """The batches each epoch began; no per-batch end hook, so JAX and PyTorch keep
+    dispatching the steps of an epoch without waiting for each."""
+
+    def __init__(self):
+        super().__init__()
+        self.begun = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.begun[epoch] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begun[self.epoch].append(batch)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_a_poll_during_the_epoch_stops_at_the_next_batch(mode, monkeypatch):
+    """The guard read between batches (every batch here) sees the failed step of batch 2
+    when batch 3 is about to start (LossModel's callback comes first, so no other callback
+    sees batch 3 begin), also while the steps are dispatched asynchronously."""
+    monkeypatch.setattr("lossplug.guard.POLL_SECONDS", 0.0)
+    x, y = marked_data(n=256, bad_batch=2)
+    model = model_for(loss=["toy_ce", lossplug.use("toy_nan_at", epoch=1)], **MODES[mode])
+    begun = BatchesBegun()
+    with pytest.raises(lossplug.NonFiniteLossError, match="at epoch 1, batch 2"):
+        model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[begun])
+    assert begun.begun == {0: list(range(8)), 1: [0, 1, 2]}
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 8 + 2
+    assert all(np.all(np.isfinite(w)) for w in weights_of(model))
+
+
+@pytest.mark.backends("jax")
+def test_polls_of_a_finite_run_write_no_state_back(monkeypatch):
+    """On JAX a poll peeks at the guard's flag in fit's state: writing the whole state back
+    (and gathering it again for the next step) would cost every poll a pass over it."""
+    monkeypatch.setattr("lossplug.guard.POLL_SECONDS", 0.0)
+    x, y = marked_data(n=256, bad_batch=10)  # no marked batch
+    model = model_for(loss=["toy_ce"], jit_compile=True)
+    writes = []  # the syncs that had a state to write back (Keras' flag says which)
+    keras_sync = model.jax_state_sync
+
+    def counted_sync():
+        writes.append(not model._jax_state_synced)
+        keras_sync()
+
+    monkeypatch.setattr(model, "jax_state_sync", counted_sync)
+    begun = BatchesBegun()
+    model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[begun])
+    assert begun.begun == {0: list(range(8)), 1: list(range(8))}  # 14 polls
+    assert sum(writes) == 2  # Keras' own, at the end of each epoch
+
+
 def test_check_finite_false_trains_through():
     x, y = marked_data()
     model = model_for(loss=["toy_ce", "toy_nan_at"], check_finite=False)

@@ -137,6 +137,7 @@ def test_scaffold_pip_install_check_and_use(tmp_path: Path) -> None:
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.pop("LOSSPLUG_DISABLE", None)
     env.pop("LOSSPLUG_DISABLE_AUTOLOAD", None)
+    env.pop("PYTEST_ADDOPTS", None)  # the plugin author's pytest, not this suite's options
 
     def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -216,13 +216,15 @@ class TrainingCallback(keras.callbacks.Callback):
         from . import backend
 
         owner = self._owner
-        backend.current().sync_training_state(owner)  # JAX: the guard lives in fit's state
         guard = owner._lossplug_guard
         reported = runtime.take_reported()
-        if not int(ops.convert_to_numpy(guard.failed)):
+        # JAX: the guard lives in fit's state; peek at its flag, sync only to report
+        failed = backend.current().training_value(owner, guard.failed)
+        if not int(ops.convert_to_numpy(failed)):
             if reported is not None:  # not from a training step: raise it as it is
                 self._report(reported, self._batch)
             return
+        backend.current().sync_training_state(owner)
         first = int(ops.convert_to_numpy(guard.step))
         error = reported if reported is not None else guard.recorded_error()
         if error is not None:

@@ -119,7 +119,8 @@ def run_new(args: argparse.Namespace) -> int:
     """The ``lossplug new`` command."""
     from rich.console import Console
 
-    console = Console(highlight=False)
+    # soft_wrap: paths and commands stay on one line, to be copied whatever the terminal width
+    console = Console(highlight=False, soft_wrap=True)
     root = scaffold(args.name, args.directory, getattr(args, "author", "Your Name"))
     console.print(f"[green]created[/green] {root}")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

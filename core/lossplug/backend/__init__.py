@@ -18,6 +18,9 @@ lossplug does the same at a smaller scale: one module per backend
     are concrete, through a host callback inside compiled steps.
 ``sync_training_state(model)``
     write the state a backend keeps outside the variables back to them (JAX).
+``training_value(model, variable)``
+    a metrics variable's value in the state ``fit`` is running, without writing
+    that state back (JAX; elsewhere the variable's value).
 ``keras_loss_prediction(y_pred)``
     the prediction as :class:`lossplug.LossModel` hands it to a Keras loss (on PyTorch
     stored so that Keras' sparse cross-entropy of a (B, H, W, C) output can backpropagate).

@@ -156,6 +156,26 @@ def sync_training_state(model: Any) -> None:
     model.jax_state_sync()
 
 
+def training_value(model: Any, variable: Any) -> Any:
+    """The value of one of ``model``'s metrics variables in the state ``fit`` is running.
+
+    Keras' JAX ``fit`` carries the state from step to step outside the variables (in
+    ``model._jax_state`` after each step) and writes it back only at the end of the epoch
+    or when a callback calls ``jax_state_sync``; a sync also makes the next step gather
+    and purge every variable again. Reading one scalar this way (the finite guard's flag,
+    polled during the epoch) waits for the last dispatched step but writes nothing back.
+    Outside such a step, or once synced, it is the variable's own value.
+    """
+    state = getattr(model, "_jax_state", None)
+    if state and not getattr(model, "_jax_state_synced", True):
+        values = state.get("metrics_variables")
+        if values:
+            for held, value in zip(model.metrics_variables, values, strict=True):
+                if held is variable:
+                    return value
+    return variable.value
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     yield
@@ -361,6 +381,7 @@ __all__ = [
     "quiet",
     "sync_training_state",
     "track_new_variables",
+    "training_value",
 ]
 
 

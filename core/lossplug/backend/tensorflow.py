@@ -103,6 +103,11 @@ def sync_training_state(model: Any) -> None:
     """Nothing to do: TensorFlow updates variables in place."""
 
 
+def training_value(model: Any, variable: Any) -> Any:
+    """``variable``'s value: TensorFlow trains the variables themselves."""
+    return variable.value
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence TensorFlow's retracing warnings (the kit traces many small functions)."""
@@ -278,6 +283,7 @@ __all__ = [
     "quiet",
     "sync_training_state",
     "track_new_variables",
+    "training_value",
 ]
 
 

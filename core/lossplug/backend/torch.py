@@ -66,6 +66,11 @@ def sync_training_state(model: Any) -> None:
     """Nothing to do: torch updates variables in place."""
 
 
+def training_value(model: Any, variable: Any) -> Any:
+    """``variable``'s value: torch trains the variables themselves."""
+    return variable.value
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     yield
@@ -185,6 +190,7 @@ __all__ = [
     "quiet",
     "sync_training_state",
     "track_new_variables",
+    "training_value",
 ]
 
 
