@@ -55,6 +55,24 @@ def test_design_example_trains_and_logs_every_term():
     assert set(result) >= {"loss", "toy_ce", "toy_center", "accuracy"}
 
 
+def test_each_metric_and_metric_variable_is_listed_once():
+    """The step guard, the terms' means and a plugin's own metric each appear once in
+    ``metrics`` (a JAX step carries ``metrics_variables`` in and out of every step)."""
+    x, y = make_data()
+    model = make_model()
+    model.compile(
+        optimizer="adam",
+        loss=["toy_ce", lossplug.use("toy_center", weight=0.2, num_classes=4)],
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    metrics = model.metrics
+    assert len({id(m) for m in metrics}) == len(metrics)
+    assert model._lossplug_guard in metrics
+    variables = model.metrics_variables
+    assert len({id(v) for v in variables}) == len(variables)
+
+
 def test_predict_needs_no_targets_and_returns_only_outputs():
     x, _ = make_data()
     model = make_model()

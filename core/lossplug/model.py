@@ -630,7 +630,10 @@ class LossModel(_Trainer, keras.Model):
             if b.metric is not None and b.has_loss:
                 extra.append(b.metric)
             extra.extend(b.plugin_metrics.values())
-        return base + extra
+        # Keras already lists the metrics set as attributes (the step guard): each once, so
+        # that a JAX step carries each metric variable once in its state
+        listed = {id(metric) for metric in base}
+        return base + [metric for metric in extra if id(metric) not in listed]
 
     # ------------------------------------------------------------------ fit / evaluate
     def fit(self, *args: Any, **kwargs: Any) -> Any:
