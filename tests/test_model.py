@@ -32,14 +32,20 @@ def make_model(d=16, classes=4, expose=("features",)):
     return lossplug.LossModel(inputs, logits, expose=list(expose))
 
 
-def test_design_example_trains_and_logs_every_term():
-    x, y = make_data()
+def design_example_model():
+    """DESIGN's example: cross-entropy plus 0.2 x center loss (its own metric), accuracy."""
     model = make_model()
     model.compile(
         optimizer="adam",
         loss=["toy_ce", lossplug.use("toy_center", weight=0.2, num_classes=4)],
         metrics=["accuracy"],
     )
+    return model
+
+
+def test_design_example_trains_and_logs_every_term():
+    x, y = make_data()
+    model = design_example_model()
     history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, validation_split=0.25)
     keys = set(history.history)
     for name in ("loss", "toy_ce", "toy_center", "toy_center_mean_norm", "accuracy"):
@@ -59,12 +65,7 @@ def test_each_metric_and_metric_variable_is_listed_once():
     """The step guard, the terms' means and a plugin's own metric each appear once in
     ``metrics`` (a JAX step carries ``metrics_variables`` in and out of every step)."""
     x, y = make_data()
-    model = make_model()
-    model.compile(
-        optimizer="adam",
-        loss=["toy_ce", lossplug.use("toy_center", weight=0.2, num_classes=4)],
-        metrics=["accuracy"],
-    )
+    model = design_example_model()
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     metrics = model.metrics
     assert len({id(m) for m in metrics}) == len(metrics)
