@@ -45,7 +45,10 @@ def doc_includes() -> set[str]:
 
 
 #: Generated files that only a run with these options writes (the docs include them).
-WRITTEN_WITH = {"margin_softmax_train_scale.md": ("--train", "scale")}
+WRITTEN_WITH = {
+    "margin_softmax_train_scale.md": ("--train", "scale"),
+    "margin_softmax_train_compare.md": ("--train", "compare"),
+}
 
 
 def run_benchmark(tmp_path: Path, script: str, *args: str) -> dict[str, str]:
@@ -64,12 +67,11 @@ def run_benchmark(tmp_path: Path, script: str, *args: str) -> dict[str, str]:
     for name, text in files.items():
         assert text in done.stdout, f"{name} is written but not printed"
     prefix = script.removeprefix("bench_").removesuffix(".py")
-    included = {
-        n
-        for n in doc_includes()
-        if (n == f"{prefix}.md" or n.startswith(f"{prefix}_"))
-        and " ".join(WRITTEN_WITH.get(n, ())) in " ".join(args)
-    }
+    own = {n for n in doc_includes() if n == f"{prefix}.md" or n.startswith(f"{prefix}_")}
+    # the run's mode: the options of WRITTEN_WITH it was given (none: the default run)
+    modes = {WRITTEN_WITH[n] for n in own & WRITTEN_WITH.keys()}
+    mode = next((m for m in modes if " ".join(m) in " ".join(args)), ())
+    included = {n for n in own if WRITTEN_WITH.get(n, ()) == mode}
     assert included <= set(files), f"the docs include files {script} does not write"
     return files
 
@@ -212,6 +214,28 @@ def test_plugin_benchmarks_compare_with_pml(tmp_path, script, args, name):
     assert "torch" in files[name].splitlines()[0] and "pytorch-metric-learning" in files[name]
     lossplug, pml = (float(v) for v in row[-1].split(" / "))
     assert lossplug == pytest.approx(pml, rel=1e-4)  # the same loss (batch_hard, ArcFace)
+
+
+@pytest.mark.parametrize("mode", ["scale", "compare"])
+def test_margin_softmax_training_benchmark_writes_its_table(tmp_path, mode):
+    files = run_benchmark(
+        tmp_path,
+        "bench_margin_softmax.py",
+        "--train",
+        mode,
+        *("--classes", "200", "--dim", "16", "--batch", "32", "--steps", "2"),
+        *("--epochs", "1", "--samples-per-class", "2", "--eval-samples", "50"),
+    )
+    assert set(files) == {f"margin_softmax_train_{mode}.md"}
+    rows = check_generated(files[f"margin_softmax_train_{mode}.md"])
+    # compare trains the sampled and the full loss; scale only the sampled one
+    assert [row[0] for row in rows] == (["0.1", "1"] if mode == "compare" else ["0.1"])
+    for row in rows:
+        assert row[1].endswith(" ms") and float(row[1].split()[0].replace(",", "")) > 0
+    if mode == "compare":
+        for *_, loss, accuracy, ceiling in rows:
+            assert math.isfinite(float(loss))
+            assert 0 <= float(accuracy) <= 1 and 0 < float(ceiling) <= 1
 
 
 def test_center_rate_benchmark_writes_both_rules(tmp_path):
