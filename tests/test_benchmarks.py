@@ -115,13 +115,16 @@ def test_train_step_benchmark_writes_ratios(tmp_path):
     )
     rows = check_generated(files["train_step.md"])
     assert [(row[0], row[1]) for row in rows] == [("tensorflow", "False"), ("tensorflow", "True")]
-    for _, _, shape, hand, ours, ratio, _, _, unguarded, unguarded_ratio, _ in rows:
+    for _, _, shape, hand, ours, ratio, _, _, best, unguarded, unguarded_ratio, _, ubest in rows:
         assert shape == "1 x 5"  # at least 5 steps per round
         hand, ours, unguarded = float(hand), float(ours), float(unguarded)
         assert hand > 0 and ours > 0 and unguarded > 0
         # one round: the median of per-round ratios is the ratio of the medians
         assert float(ratio) == pytest.approx(ours / hand, abs=2e-3)
         assert float(unguarded_ratio) == pytest.approx(unguarded / hand, abs=2e-3)
+        # ... and so is the ratio of the fastest rounds
+        assert float(best) == pytest.approx(ours / hand, abs=2e-3)
+        assert float(ubest) == pytest.approx(unguarded / hand, abs=2e-3)
 
 
 def test_train_step_benchmark_counts_the_xla_work_of_a_jax_step(tmp_path):

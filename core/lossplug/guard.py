@@ -116,14 +116,47 @@ def all_finite(values: Sequence[Any]) -> Any:
     return ops.all(ops.isfinite(ops.stack(sums)))
 
 
+def step_ok(finite: Any, gradients: Sequence[Any], failed: Any) -> Any:
+    """Scalar bool: a step may be applied.
+
+    ``finite`` (its loss is finite) and every gradient in ``gradients`` is finite, on
+    every replica, and no earlier step of the epoch failed (``failed``: the guard's flag).
+    A pure function of tensors, so a backend may compile it as one call.
+    """
+    from . import backend
+
+    ok = ops.logical_and(finite, all_finite(gradients)) if gradients else finite
+    ok = backend.current().all_replicas_true(ok)
+    return ops.logical_and(ok, failed == 0)
+
+
 class StepRecord:
-    """What one ``compute_loss`` call leaves for the training step that called it."""
+    """What one ``compute_loss`` call leaves for the training step that called it.
 
-    __slots__ = ("finite", "updates")
+    Give either ``finite`` (a scalar bool tensor) or the ``loss`` it is computed from,
+    on first use: a step that never asks (no guard, no state updates) runs no check.
+    """
 
-    def __init__(self, finite: Any, updates: list[tuple[Any, Any]] | None = None) -> None:
-        self.finite = finite  #: scalar bool tensor: the total loss is finite
+    __slots__ = ("_finite", "_loss", "updates")
+
+    def __init__(
+        self,
+        finite: Any = None,
+        updates: list[tuple[Any, Any]] | None = None,
+        *,
+        loss: Any = None,
+    ) -> None:
+        if (finite is None) == (loss is None):
+            raise TypeError("StepRecord takes one of finite= and loss=")
+        self._finite, self._loss = finite, loss
         self.updates = updates or []  #: plugin state updates (variable, value)
+
+    @property
+    def finite(self) -> Any:
+        """Scalar bool tensor: the total loss is finite."""
+        if self._finite is None:
+            self._finite = ops.isfinite(self._loss)
+        return self._finite
 
     def apply_updates(self, ok: Any = None) -> None:
         """Assign the plugins' new state (where ``ok``, when given)."""
@@ -314,4 +347,11 @@ def _hint(b: Any) -> str:
     )
 
 
-__all__ = ["StepGuard", "StepRecord", "TrainingCallback", "UnguardedTrainingCallback", "all_finite"]
+__all__ = [
+    "StepGuard",
+    "StepRecord",
+    "TrainingCallback",
+    "UnguardedTrainingCallback",
+    "all_finite",
+    "step_ok",
+]

@@ -24,8 +24,10 @@ Design (see docs/concepts.md):
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -44,7 +46,7 @@ from .errors import (
     UnknownTermError,
 )
 from .extras import Extras, _Hidden
-from .guard import StepGuard, StepRecord, TrainingCallback, UnguardedTrainingCallback, all_finite
+from .guard import StepGuard, StepRecord, TrainingCallback, UnguardedTrainingCallback, step_ok
 from .registry import registry
 from .schedules import Constant, Schedule
 from .specs import Kind, Source
@@ -551,11 +553,11 @@ class LossModel(_Trainer, keras.Model):
             total.append(
                 scale_for_distribution(ops.sum([ops.cast(v, "float32") for v in self.losses]))
             )
-        loss = ops.sum(ops.stack(total)) if len(total) > 1 else total[0]
-        record = StepRecord(finite=ops.isfinite(loss), updates=updates)
+        loss = functools.reduce(operator.add, total)  # n - 1 ops (eagerly, each op counts)
+        record = StepRecord(loss=loss, updates=updates)
         local = self._lossplug_local.value
         local.record = record  # for the backend's train_step
-        if training and not getattr(local, "defer_updates", False):
+        if training and record.updates and not getattr(local, "defer_updates", False):
             # A custom loop (or JAX's stateless step): apply the updates now, where the
             # loss is finite; the trainer of the backend guards the rest.
             record.apply_updates(record.finite)
@@ -607,18 +609,20 @@ class LossModel(_Trainer, keras.Model):
             record = StepRecord(finite=ops.convert_to_tensor(True))
         return record
 
-    def _lossplug_step_ok(self, record: StepRecord, gradients: Any) -> Any:
-        """Scalar bool: this step may be applied (see :mod:`lossplug.guard`)."""
+    def _lossplug_step_ok(
+        self, record: StepRecord, gradients: Any, check: Callable[..., Any] = step_ok
+    ) -> Any:
+        """Scalar bool: this step may be applied (see :mod:`lossplug.guard`).
+
+        ``check``: :func:`lossplug.guard.step_ok` or a compiled copy of it (the backend's).
+        """
         if not self._lossplug.value["check_finite"]:
             return ops.convert_to_tensor(True)
-        self._lossplug_guard.count()
-        ok = record.finite
-        if gradients is not None and not isinstance(
-            self.optimizer, keras.optimizers.LossScaleOptimizer
-        ):
-            ok = ops.logical_and(ok, all_finite(gradients))
-        ok = _backend.current().all_replicas_true(ok)
-        return ops.logical_and(ok, self._lossplug_guard.failed.value == 0)
+        guard = self._lossplug_guard
+        guard.count()
+        if gradients is None or isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            gradients = []  # none, or the LossScaleOptimizer skips non-finite ones itself
+        return check(record.finite, [g for g in gradients if g is not None], guard.failed.value)
 
     @property
     def metrics(self) -> list[Any]:

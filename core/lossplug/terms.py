@@ -7,6 +7,7 @@ exactly that plugin's ``build_loss_graph`` and checks what comes back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -458,17 +459,35 @@ def reduce_per_sample(values: Any, sample_weight: Any = None) -> Any:
     ``values`` has shape (B,) or (B, ...); ``sample_weight`` (B,) or
     broadcastable to ``values``.
     """
-    values = ops.cast(values, "float32")
+    values = as_float32(values)
     if sample_weight is not None:
-        weight = ops.cast(sample_weight, "float32")
+        weight = as_float32(sample_weight)
         while len(weight.shape) < len(values.shape):
             weight = ops.expand_dims(weight, -1)
         while len(weight.shape) > len(values.shape) and weight.shape[-1] == 1:
             weight = ops.squeeze(weight, -1)
         values = values * weight
+    size = _static_size(values)
+    if size is not None and size > 0:
+        return ops.mean(values)  # one op where the size is known (each op counts eagerly)
     # An empty batch (a replica's share of a short last batch) gives 0, not 0/0.
     count = ops.cast(ops.size(values), "float32")
     return ops.sum(values) / ops.maximum(count, 1.0)
+
+
+def as_float32(value: Any) -> Any:
+    """``value`` as a float32 tensor; no op at all where it already is one."""
+    if ops.is_tensor(value) and keras.backend.standardize_dtype(value.dtype) == "float32":
+        return value
+    return ops.cast(value, "float32")
+
+
+def _static_size(value: Any) -> int | None:
+    """The number of elements where every dimension is known when tracing, else None."""
+    shape = getattr(value, "shape", None)
+    if shape is None or any(d is None for d in shape):
+        return None
+    return math.prod(int(d) for d in shape)
 
 
 def scale_for_distribution(value: Any) -> Any:

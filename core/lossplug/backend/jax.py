@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import keras
 from keras import ops
 
-from ..guard import StepRecord
+from ..guard import StepRecord, step_ok
 
 NAME = "jax"
 
@@ -219,14 +219,21 @@ def _apply_if(
         return list(trainable), list(optimizer_variables)
 
     operands = (optimizer_variables, grads, trainable)
-    if not is_traced(ok):  # jit_compile=False: op by op, and ``ok`` is a value
+    if isinstance(ok, bool) or not is_traced(ok):  # jit_compile=False: op by op
         return apply(operands) if bool(ok) else keep(operands)
     return jax.lax.cond(ok, apply, keep, operands)
 
 
 def _select(ok: Any, new: Any, old: Any) -> Any:
     """``new`` where ``ok``, else ``old``, leaf by leaf (the layers' and plugins' state)."""
+    if isinstance(ok, bool):
+        return new if ok else old
     return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+#: The guard's check compiled as one call for steps run op by op (``jit_compile=False``),
+#: where each of its dozen small ops would be dispatched (and differentiated) on its own.
+_compiled_step_ok = jax.jit(step_ok)
 
 
 class Trainer:
@@ -278,7 +285,9 @@ class Trainer:
             _current(scope, v, old)
             for v, old in zip(self.metrics_variables, metrics_variables, strict=True)
         ]
-        aux = (unscaled, y_pred, non_trainable_variables, metrics_variables, record.finite)
+        # the finite check runs only where the guard reads it
+        finite = record.finite if training and self._lossplug.value["check_finite"] else None
+        aux = (unscaled, y_pred, non_trainable_variables, metrics_variables, finite)
         return loss, aux
 
     def train_step(self, state: Any, data: Any) -> Any:
@@ -300,8 +309,14 @@ class Trainer:
             guard = self._lossplug_guard
             mapping = list(zip(self.metrics_variables, metrics_variables, strict=True))
             with keras.StatelessScope(state_mapping=mapping) as scope:
-                ok = self._lossplug_step_ok(StepRecord(finite=finite), grads)
-                guard.fail(when=ops.logical_not(ok))
+                if is_traced(finite):
+                    ok = self._lossplug_step_ok(StepRecord(finite=finite), grads)
+                    guard.fail(when=ops.logical_not(ok))
+                else:  # jit_compile=False: the check is one call, and ok a Python bool
+                    record = StepRecord(finite=finite)
+                    ok = bool(self._lossplug_step_ok(record, grads, _compiled_step_ok))
+                    if not ok:
+                        guard.fail()
             metrics_variables = [
                 _current(scope, v, old)
                 for v, old in zip(self.metrics_variables, metrics_variables, strict=True)
