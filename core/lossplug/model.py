@@ -622,7 +622,7 @@ class LossModel(_Trainer, keras.Model):
         guard.count()
         if gradients is None or isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             gradients = []  # none, or the LossScaleOptimizer skips non-finite ones itself
-        return check(record.finite, [g for g in gradients if g is not None], guard.failed.value)
+        return check(record.finite, list(gradients), guard.failed.value)
 
     @property
     def metrics(self) -> list[Any]:

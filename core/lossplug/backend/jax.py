@@ -219,7 +219,7 @@ def _apply_if(
         return list(trainable), list(optimizer_variables)
 
     operands = (optimizer_variables, grads, trainable)
-    if isinstance(ok, bool) or not is_traced(ok):  # jit_compile=False: op by op
+    if not is_traced(ok):  # jit_compile=False: op by op, and ``ok`` is a value
         return apply(operands) if bool(ok) else keep(operands)
     return jax.lax.cond(ok, apply, keep, operands)
 
@@ -308,12 +308,12 @@ class Trainer:
         if self._lossplug.value["check_finite"]:
             guard = self._lossplug_guard
             mapping = list(zip(self.metrics_variables, metrics_variables, strict=True))
+            record = StepRecord(finite=finite)
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 if is_traced(finite):
-                    ok = self._lossplug_step_ok(StepRecord(finite=finite), grads)
+                    ok = self._lossplug_step_ok(record, grads)
                     guard.fail(when=ops.logical_not(ok))
                 else:  # jit_compile=False: the check is one call, and ok a Python bool
-                    record = StepRecord(finite=finite)
                     ok = bool(self._lossplug_step_ok(record, grads, _compiled_step_ok))
                     if not ok:
                         guard.fail()
