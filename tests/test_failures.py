@@ -339,3 +339,14 @@ def test_an_error_inside_a_term_starts_with_the_term():
         ValueError, match=r"^loss plugin 'bind' \(term 'bind'\), in build_loss_graph: "
     ):
         model.fit(x, y, verbose=0)
+
+
+def test_a_step_record_takes_the_finite_flag_or_the_loss():
+    """Exactly one of ``finite=`` and ``loss=``; the flag of a loss is computed when read."""
+    from lossplug.guard import StepRecord
+
+    for kwargs in ({}, {"finite": keras.ops.convert_to_tensor(True), "loss": 1.0}):
+        with pytest.raises(TypeError, match=r"StepRecord takes one of finite= and loss="):
+            StepRecord(**kwargs)
+    assert not bool(StepRecord(loss=keras.ops.convert_to_tensor(float("nan"))).finite)
+    assert bool(StepRecord(loss=keras.ops.convert_to_tensor(2.0)).finite)
