@@ -142,6 +142,67 @@ def test_several_steps_per_execution_name_the_first_bad_batch():
     assert all(np.all(np.isfinite(w)) for w in weights_of(model))
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("failure", ["non-finite", "class ids"])
+def test_a_failure_in_the_last_batch_is_found_before_the_epochs_validation(mode, failure):
+    """Keras resets every metric (the step guard too) when fit's validation begins, before
+    the epoch's end: a step that failed after the epoch's last poll is read before that."""
+    x, y = marked_data(n=128, bad_batch=3)  # the last of 4 batches
+    if failure == "class ids":
+        y = y % 3
+        y[100] = 9
+        model, terms = class_id_model("label_smoothing", {})
+        model.compile("adam", loss=terms, **MODES[mode])
+        expected, match = lossplug.InvalidTensorError, "smallest offending id 9, largest 9"
+    else:
+        model = model_for(loss=["toy_ce", lossplug.use("toy_nan_at", epoch=0)], **MODES[mode])
+        expected, match = lossplug.NonFiniteLossError, "at epoch 0, batch 3"
+    snapshot = Snapshot(epoch=0, batch=2)
+    with pytest.raises(expected, match=match) as info:
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            batch_size=32,
+            shuffle=False,
+            verbose=0,
+            validation_data=(x[:32], y[:32]),
+            callbacks=[snapshot],
+        )
+    assert "found in training epoch 0, batch 3; the step was not applied" in "".join(
+        info.value.__notes__
+    )
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
+    for got, want in zip(weights_of(model), snapshot.weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_check_finite_false_still_raises_bad_class_ids_after_their_batch(mode):
+    """Without the guard nothing skips the step, and the note says so, except eagerly,
+    where the check raises inside the step before anything is applied."""
+    x, y = marked_data(n=128, bad_batch=10)
+    y = y % 3
+    y[40] = 7  # batch 1
+    model, terms = class_id_model("label_smoothing", {})
+    model.compile("adam", loss=terms, check_finite=False, **MODES[mode])
+    begun = BatchesBegun()
+    with pytest.raises(lossplug.InvalidTensorError, match="smallest offending id 7") as info:
+        model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0, callbacks=[begun])
+    notes = "".join(info.value.__notes__)
+    eager = mode == "eager" or keras.backend.backend() == "torch"  # torch: no jit mode
+    if eager:
+        assert "found in training epoch 0, batch 1; the step was not applied" in notes
+    else:
+        assert (
+            "found in training epoch 0, batch 1; compile(check_finite=False) skips no step: "
+            "that step was applied"
+        ) in notes
+    assert begun.begun == {0: [0, 1]}
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == (1 if eager else 2)
+    assert all(np.all(np.isfinite(w)) for w in weights_of(model))
+
+
 class BatchesBegun(keras.callbacks.Callback):
     """The batches each epoch began; no per-batch end hook, so JAX and PyTorch keep
     dispatching the steps of an epoch without waiting for each."""
@@ -263,13 +324,20 @@ def test_bad_class_ids_raise_the_plugins_sentence_first(plugin, mode, labels, lo
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2  # batch 0, twice
 
 
-def test_bad_class_ids_in_evaluate_are_named():
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_bad_class_ids_in_evaluate_are_named(mode, check_finite):
+    """Also where the compiled step keeps the failed check in the step guard (XLA on
+    TensorFlow calls no host), guarded or not."""
     model, terms = class_id_model("center", {"num_classes": 3}, expose=["features"])
-    model.compile("adam", loss=terms)
-    x = np.zeros((8, 8), "float32")
-    y = np.array([0, 1, 2, 9, 0, 1, 2, 0], "int32")
-    with pytest.raises(lossplug.InvalidTensorError, match="smallest offending id 9, largest 9"):
-        model.evaluate(x, y, verbose=0)
+    model.compile("adam", loss=terms, check_finite=check_finite, **MODES[mode])
+    x = np.zeros((16, 8), "float32")
+    y = np.array([0, 1, 2, 1, 0, 1, 2, 0, 0, 1, 2, 9, 0, 1, 2, 0], "int32")
+    with pytest.raises(
+        lossplug.InvalidTensorError, match="smallest offending id 9, largest 9"
+    ) as info:
+        model.evaluate(x, y, batch_size=8, verbose=0)
+    assert "found in evaluation, batch 1" in "".join(info.value.__notes__)
 
 
 # --------------------------------------------------------------------- logits vs probabilities

@@ -156,12 +156,12 @@ def test_out_of_range_class_ids_name_the_plugin_and_the_fix(bad):
         numerics.class_ids(bad, 3, plugin="my_loss")
     assert str(info.value) == (
         f"loss plugin 'my_loss': y_true holds class ids outside [0, 3) (the predictions have 3 "
-        f"classes): {found}. check the labels, and the number of classes of the output layer."
+        f"classes): {found}. Check the labels, and the number of classes of the output layer."
     )
     with pytest.raises(lossplug.InvalidTensorError) as info:
         numerics.class_ids(bad, 3, plugin="my_loss", field="num_classes", tensor="ids")
     assert str(info.value) == (
-        f"loss plugin 'my_loss': ids holds class ids outside [0, num_classes=3): {found}. set "
+        f"loss plugin 'my_loss': ids holds class ids outside [0, num_classes=3): {found}. Set "
         "lossplug.use('my_loss', num_classes=<the number of classes>) or fix the labels."
     )
 

@@ -8,9 +8,9 @@ and the plugins' state updates only if ``ok``; otherwise nothing changes, not
 even the optimizer's step count. Checking costs a few reductions per step.
 
 :class:`TrainingCallback` (added by ``LossModel.fit``) then reads the guard
-(after the first batch of an epoch, every half second and at the epoch's end):
-a failed step stops training with a :class:`lossplug.NonFiniteLossError` naming
-the term whose running mean is NaN or infinite, the epoch and the batch.
+(after the first batch of an epoch, every half second, before the epoch's validation and
+at its end): a failed step stops training with a :class:`lossplug.NonFiniteLossError`
+naming the term whose running mean is NaN or infinite, the epoch and the batch.
 The weights, the optimizer and the plugins' state are left as they were before
 that batch. Errors recorded inside compiled steps (:mod:`lossplug.runtime`,
 e.g. class ids out of range) are raised by the same callback.
@@ -62,6 +62,9 @@ class StepGuard(keras.metrics.Metric):
         #: factory id (0: none) and its two values
         self.check = variable("check")
         self.values = variable("values", (2,))
+        #: set while a step is traced that keeps failed checks in :attr:`check` (XLA on
+        #: TensorFlow: no host callbacks there); the callbacks read them only then
+        self.holds_checks = False
 
     def update_state(self, *args: Any, **kwargs: Any) -> None:
         """Nothing: the guard is set by :meth:`count` and :meth:`fail`."""
@@ -81,6 +84,7 @@ class StepGuard(keras.metrics.Metric):
 
     def record(self, bad: Any, identifier: int, a: Any, b: Any) -> None:
         """Keep the first failed check of the epoch (``bad``: scalar bool tensor)."""
+        self.holds_checks = True
         first = ops.logical_and(self.check.value == 0, bad)
         self.check.assign(ops.where(first, identifier, self.check.value))
         pair = ops.cast(ops.stack([a, b]), "int32")
@@ -88,6 +92,8 @@ class StepGuard(keras.metrics.Metric):
 
     def recorded_error(self) -> LossplugError | None:
         """The error of the recorded check, if any (read outside the step)."""
+        if not self.holds_checks:
+            return None
         identifier = int(ops.convert_to_numpy(self.check))
         make = runtime.factory(identifier)
         if make is None:
@@ -178,12 +184,16 @@ class TrainingCallback(keras.callbacks.Callback):
     A failed step is never applied, and every later step of the epoch is skipped
     too (:class:`StepGuard`), so the callback need not look after every batch: it
     reads the guard after the first batch of each epoch, then at most every
-    :data:`POLL_SECONDS`, and at the end of the epoch. The guard holds the optimizer
+    :data:`POLL_SECONDS`, and at the end of the epoch (or before its validation, which
+    resets every metric, the guard too). The guard holds the optimizer
     step of the first failure, so the error names that batch exactly, however late
     it is read. Reading the guard waits for the device; defining no per-batch end
     hook lets Keras dispatch the steps (and the other callbacks) asynchronously
     where the backend allows it (JAX, PyTorch), as for a plain Keras model.
     """
+
+    #: steps that fail are skipped (``compile(check_finite=True)``)
+    GUARDED = True
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -192,12 +202,21 @@ class TrainingCallback(keras.callbacks.Callback):
         self._batch = 0
         self._phase = "training"
         self._last_poll: float | None = None
+        self._fitting = False
 
     # The owner, not ``self.model``: Keras sets ``model`` on callbacks late in evaluate.
     def on_train_begin(self, logs: Any = None) -> None:
         runtime.clear_reported()
+        self._fitting = True
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self._fitting = False
 
     def on_test_begin(self, logs: Any = None) -> None:
+        if self._fitting:
+            # fit's validation: Keras resets every metric (the guard too) before it runs
+            # and before the epoch's end, so the training epoch is checked here first
+            self._check_epoch(None)
         runtime.clear_reported()
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -220,15 +239,24 @@ class TrainingCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self._check_epoch(logs)
 
-    def note(self, error: LossplugError) -> None:
-        """Say where an error raised during a step (eagerly) happened, once."""
+    def note(self, error: LossplugError, *, applied: bool = False) -> None:
+        """Say where an error raised during a step happened, once.
+
+        ``applied``: the step ran to its end (no guard), so it was not undone.
+        """
         if getattr(error, "_lossplug_noted", False):
             return
         error._lossplug_noted = True
-        if self._phase == "training":
+        where = f"found in training epoch {self._epoch}, batch {self._batch}"
+        if self._phase == "training" and applied:
             error.add_note(
-                f"(found in training epoch {self._epoch}, batch {self._batch}; the step was not "
-                "applied: the weights and the plugins' state are those from before that batch)"
+                f"({where}; compile(check_finite=False) skips no step: that step was applied, "
+                "without the gradient of the term that found the problem)"
+            )
+        elif self._phase == "training":
+            error.add_note(
+                f"({where}; the step was not applied: the weights and the plugins' state are "
+                "those from before that batch)"
             )
         else:
             error.add_note(f"(found in evaluation, batch {self._batch})")
@@ -298,8 +326,9 @@ class TrainingCallback(keras.callbacks.Callback):
         )
 
     def _report(self, error: LossplugError, batch: int, phase: str = "training") -> None:
+        """Raise ``error``, recorded by the compiled step of ``batch``, where it was found."""
         self._batch, self._phase = batch, phase
-        self.note(error)
+        self.note(error, applied=not self.GUARDED)
         self._stop(error)
 
     def _stop(self, error: LossplugError) -> None:
@@ -311,14 +340,19 @@ class TrainingCallback(keras.callbacks.Callback):
         raise error
 
     def _raise_reported(self, batch: int, phase: str) -> None:
+        """Raise an error the steps so far recorded: on the host, or in the step guard."""
         error = runtime.take_reported()
+        if error is None:
+            error = self._owner._lossplug_guard.recorded_error()
         if error is not None:
             self._report(error, batch, phase)
 
 
 class UnguardedTrainingCallback(TrainingCallback):
-    """``compile(check_finite=False)``: no guard to read; errors recorded by a step are
+    """``compile(check_finite=False)``: no finite guard; errors recorded by a step are
     raised after that very batch (Keras then runs the callbacks synchronously)."""
+
+    GUARDED = False
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self._raise_reported(batch, "training")

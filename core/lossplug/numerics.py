@@ -147,10 +147,10 @@ def class_ids(
         found = f"smallest offending id {int(smallest)}, largest {int(largest)}"
         if field is None:
             bound = f"[0, {num_classes}) (the predictions have {num_classes} classes)"
-            fix = "check the labels, and the number of classes of the output layer"
+            fix = "Check the labels, and the number of classes of the output layer"
         else:
             bound = f"[0, {field}={num_classes})"
-            fix = f"set lossplug.use({plugin!r}, {field}=<the number of classes>) or fix the labels"
+            fix = f"Set lossplug.use({plugin!r}, {field}=<the number of classes>) or fix the labels"
         return InvalidTensorError(
             f"{who}: {tensor} holds class ids outside {bound}: {found}. {fix}."
         )
