@@ -70,6 +70,7 @@ def train_tensorflow(model, x, y, *, epochs, batch_size, verbose=1):
         bar = progress_bar(model, steps, verbose)
         for step, (xb, yb) in enumerate(batches(x, y, batch_size)):
             train_step(tf.constant(xb), tf.constant(yb))
+            lossplug.runtime.raise_reported(model)  # bad data the compiled step found
             show(bar, step + 1, model.get_metrics_result())
         history.append(model.get_metrics_result())
     return history
@@ -121,6 +122,7 @@ def train_jax(model, x, y, *, epochs, batch_size, verbose=1):
         bar = progress_bar(model, steps, verbose)
         for step, (xb, yb) in enumerate(batches(x, y, batch_size)):
             _, state = train_step(state, xb, yb)
+            lossplug.runtime.raise_reported(model)  # bad data the compiled step found
             show(bar, step + 1, results(state[3]))
         for group, values in zip(groups, state, strict=True):  # write the state back to the model
             for variable, value in zip(group, values, strict=True):

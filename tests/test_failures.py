@@ -340,6 +340,32 @@ def test_bad_class_ids_in_evaluate_are_named(mode, check_finite):
     assert "found in evaluation, batch 1" in "".join(info.value.__notes__)
 
 
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_custom_loop_raises_what_its_compiled_step_found(jit_compile):
+    """XLA cannot call the host: the step keeps the check in the model's step guard, and
+    raise_reported(model) rebuilds the error from it (tf.function alone calls the host)."""
+    import tensorflow as tf
+
+    model, terms = class_id_model("label_smoothing", {})
+    model.compile("sgd", loss=terms)
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x, y, model(x, training=True), training=True)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply(gradients, model.trainable_variables)
+
+    x = np.zeros((8, 8), "float32")
+    good, bad = np.zeros(8, "int32"), np.array([0, 1, 2, 4, 0, 1, 2, 0], "int32")
+    train_step(x, good)
+    lossplug.runtime.raise_reported(model)  # nothing recorded
+    train_step(x, bad)
+    with pytest.raises(lossplug.InvalidTensorError, match="smallest offending id 4, largest 4"):
+        lossplug.runtime.raise_reported(model)
+
+
 # --------------------------------------------------------------------- logits vs probabilities
 def output_with(activation):
     inputs = keras.Input((8,))

@@ -217,6 +217,17 @@ def test_custom_loop_of_the_docs_reproduces_fit():
         )
 
 
+def test_custom_loop_of_the_docs_raises_bad_labels_its_step_found():
+    """The loop's compiled step cannot raise; raise_reported(model) after it does."""
+    loop = load_example("custom_loop")
+    x, y = data(n=96)
+    y[40] = 6  # batch 1 of 32
+    model = build()
+    model.compile(keras.optimizers.SGD(0.05), loss=terms())
+    with pytest.raises(lossplug.InvalidTensorError, match="smallest offending id 6, largest 6"):
+        loop.train(model, x, y, epochs=1, batch_size=32, verbose=0)
+
+
 def test_set_epoch_moves_schedules_and_refuses_nonsense():
     x, y = data()
     model = build()

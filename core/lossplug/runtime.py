@@ -17,8 +17,8 @@ model state is donated to the step), so the check instead:
 
 ``LossModel``'s training callback then raises the recorded error (with the
 epoch and batch) as the first thing the user reads. In a custom training loop,
-:func:`raise_reported` raises it; ``LossModel.compute_loss`` calls it when run
-eagerly.
+:func:`raise_reported` (given the model) raises it; ``LossModel.compute_loss`` calls it
+when run eagerly.
 """
 
 from __future__ import annotations
@@ -159,9 +159,16 @@ def clear_reported() -> None:
         _reported.clear()
 
 
-def raise_reported() -> None:
-    """Raise the first error recorded by a compiled step, if any (for custom training loops)."""
+def raise_reported(model: Any = None) -> None:
+    """Raise the first error recorded by a compiled step, if any (for custom training loops).
+
+    ``model``: the ``LossModel`` whose steps ran; then also a failed check its compiled step
+    kept in the model's step guard, where the compiler cannot call the host (XLA on
+    TensorFlow). The guard is a metric: ``reset_metrics()`` forgets it.
+    """
     error = take_reported()
+    if error is None and model is not None:
+        error = model._lossplug_guard.recorded_error()
     if error is not None:
         raise error
 
