@@ -26,9 +26,13 @@ Two ways to time a step (``--mode``):
   This adds Keras' per-call cost (it grows with the number of variables) to both models.
 
 A round runs fewer steps where a step is slow (JAX without jit runs op by op): at most
-about ``--round-seconds`` per model and round, at least 5 steps.
+about ``--round-seconds`` per model and round, at least 5 steps. Each ``fit`` call also
+has a fixed cost (its iterator, callbacks, metric resets, the state written back at the
+epoch's end: a few milliseconds, more for a model with more variables and metrics), which
+a round of a few dozen steps would count as a share of every step; rounds of about 1.5 s
+keep it a small one, as in a user's epochs of hundreds of steps.
 
-    python benchmarks/bench_train_step.py --write            # full run (~6 minutes)
+    python benchmarks/bench_train_step.py --write            # full run (~8 minutes)
     python benchmarks/bench_train_step.py --quick            # a smoke run (~1 minute)
     python benchmarks/bench_train_step.py --backends tensorflow,jax,torch --write
 
@@ -245,17 +249,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 rounds x 20 steps")
     parser.add_argument(
-        "--runs", "--rounds", type=int, default=None, help="rounds (default 30; quick 4)"
+        "--runs", "--rounds", type=int, default=None, help="rounds (default 20; quick 4)"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="steps per round (default 100; quick 20)"
+        "--steps", type=int, default=None, help="steps per round (default 400; quick 20)"
     )
     parser.add_argument(
         "--round-seconds",
         type=float,
-        default=0.6,
+        default=1.5,
         help="fewer steps per round where a step is slow: about this long per model "
-        "(short rounds, many of them: each round's models share the machine's state)",
+        "(long enough that fit's fixed cost per call is a small share of a round)",
     )
     parser.add_argument(
         "--backends",
@@ -278,8 +282,8 @@ def main() -> None:
         return
     kind = benchlib.run_kind(parser, args, ("runs", "steps", "round_seconds", "jit", "mode"))
     report = benchlib.Report(args, kind)
-    rounds = args.runs or (4 if args.quick else 30)
-    steps = args.steps or (20 if args.quick else 100)
+    rounds = args.runs or (4 if args.quick else 20)
+    steps = args.steps or (20 if args.quick else 400)
     jits = [{"false": False, "true": True}[j.strip().lower()] for j in args.jit.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     rows = []

@@ -250,8 +250,9 @@ class TrainingCallback(keras.callbacks.Callback):
         where = f"found in training epoch {self._epoch}, batch {self._batch}"
         if self._phase == "training" and applied:
             error.add_note(
-                f"({where}; compile(check_finite=False) skips no step: that step was applied, "
-                "without the gradient of the term that found the problem)"
+                f"({where}; compile(check_finite=False) skips no step: that step was applied "
+                "without the gradient of the term that found the problem, as were the steps "
+                "already under way when the error was read)"
             )
         elif self._phase == "training":
             error.add_note(
@@ -349,16 +350,41 @@ class TrainingCallback(keras.callbacks.Callback):
 
 
 class UnguardedTrainingCallback(TrainingCallback):
-    """``compile(check_finite=False)``: no finite guard; errors recorded by a step are
-    raised after that very batch (Keras then runs the callbacks synchronously)."""
+    """``compile(check_finite=False)``: no finite guard, and nothing to wait for.
+
+    An error a step recorded is raised when the next batch begins (or the epoch's
+    validation, or its end). Errors recorded on the host carry the optimizer's step of
+    the step that found them, so the batch named is exact also where Keras runs steps
+    ahead of the callbacks (JAX, PyTorch): defining no per-batch end hook keeps that
+    asynchronous dispatch, as for the guarded model.
+    """
 
     GUARDED = False
 
-    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self._raise_reported(batch, "training")
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self._first_step: int | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        super().on_epoch_begin(epoch, logs)
+        optimizer = getattr(self._owner, "optimizer", None)
+        self._first_step = (
+            None if optimizer is None else int(ops.convert_to_numpy(optimizer.iterations))
+        )
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        if batch > 0:
+            self._raise_reported(batch - 1, "training")  # the last batch, where not known
+        self._batch, self._phase = batch, "training"
 
     def _check_epoch(self, logs: dict[str, Any] | None) -> None:
         self._raise_reported(self._batch, "training")
+
+    def _report(self, error: LossplugError, batch: int, phase: str = "training") -> None:
+        step = runtime.reported_step(error)
+        if phase == "training" and step is not None and self._first_step is not None:
+            batch = step - self._first_step
+        super()._report(error, batch, phase)
 
 
 def _finite(value: Any) -> bool:

@@ -38,12 +38,16 @@ class TermScope:
     tracer cannot follow attrs' generated ``__init__``.
     """
 
-    __slots__ = ("invalid", "plugin", "term", "training", "unreported", "updates")
+    __slots__ = ("invalid", "plugin", "step", "term", "training", "unreported", "updates")
 
-    def __init__(self, term: str, plugin: str | None, training: bool = True) -> None:
+    def __init__(
+        self, term: str, plugin: str | None, training: bool = True, step: Any = None
+    ) -> None:
         self.term = term
         self.plugin = plugin
         self.training = training
+        #: the optimizer's step counter (a tensor or variable) of the step being traced, if any
+        self.step = step
         #: tensors whose truth means the term's value must not be used (bad class ids, ...)
         self.invalid: list[Any] = []
         #: (variable, new value) pairs the plugin asked for with ``extras.state.update``
@@ -71,9 +75,15 @@ def current() -> TermScope | None:
 
 
 @contextlib.contextmanager
-def term_scope(term: str, plugin: str | None, *, training: bool = True) -> Iterator[TermScope]:
-    """Open a scope for one evaluation of ``term`` (see the module docstring)."""
-    scope = TermScope(term=term, plugin=plugin, training=training)
+def term_scope(
+    term: str, plugin: str | None, *, training: bool = True, step: Any = None
+) -> Iterator[TermScope]:
+    """Open a scope for one evaluation of ``term`` (see the module docstring).
+
+    ``step``: the optimizer's step counter, which errors recorded on the host carry
+    (:func:`reported_step`).
+    """
+    scope = TermScope(term=term, plugin=plugin, training=training, step=step)
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
@@ -132,18 +142,34 @@ def check(value: Any, bad: Any, error: Callable[[Any, Any], LossplugError], a: A
             raise error(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
         return value
     mark_invalid(bad)
-    if impl.host_callbacks_available():
-        return impl.host_check(value, bad, lambda x, y: report(error(x, y)), a, b)
     scope = current()
+    if impl.host_callbacks_available():
+        step = scope.step if scope is not None and scope.step is not None else -1
+        step = ops.cast(ops.convert_to_tensor(step), "int32")
+
+        def on_host(x: Any, y: Any, at: Any) -> None:
+            report(error(x, y), step=int(at))
+
+        return impl.host_check(value, bad, on_host, a, b, step)
     if scope is not None:
         scope.unreported.append((bad, factory_id(error), a, b))
     return value
 
 
-def report(error: LossplugError) -> None:
-    """Record an error found inside a compiled step (called on the host)."""
+def report(error: LossplugError, step: int | None = None) -> None:
+    """Record an error found inside a compiled step (called on the host).
+
+    ``step``: the optimizer's step counter in that step (negative or None: unknown).
+    """
+    if step is not None and step >= 0:
+        error._lossplug_step = step
     with _reported_lock:
         _reported.append(error)
+
+
+def reported_step(error: LossplugError) -> int | None:
+    """The optimizer's step counter in the step that recorded ``error``, if known."""
+    return getattr(error, "_lossplug_step", None)
 
 
 def take_reported() -> LossplugError | None:
@@ -181,6 +207,7 @@ __all__ = [
     "mark_invalid",
     "raise_reported",
     "report",
+    "reported_step",
     "take_reported",
     "term_scope",
     "who",

@@ -357,7 +357,7 @@ def call_plugin(
 ) -> TermOutput:
     """Call one plugin's ``build_loss_graph`` and validate what it returns."""
     where = f"loss plugin {spec.name!r} (term {term!r})"
-    with runtime.term_scope(term, spec.name, training=extras.training) as scope:
+    with runtime.term_scope(term, spec.name, training=extras.training, step=extras.step) as scope:
         try:
             result = caller(inputs=dict(inputs), outputs=dict(outputs), extras=extras)
         except LossplugError:
