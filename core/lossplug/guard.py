@@ -342,9 +342,7 @@ class TrainingCallback(keras.callbacks.Callback):
 
     def _raise_reported(self, batch: int, phase: str) -> None:
         """Raise an error the steps so far recorded: on the host, or in the step guard."""
-        error = runtime.take_reported()
-        if error is None:
-            error = self._owner._lossplug_guard.recorded_error()
+        error = runtime.take_recorded(self._owner)
         if error is not None:
             self._report(error, batch, phase)
 

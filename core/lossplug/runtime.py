@@ -185,8 +185,8 @@ def clear_reported() -> None:
         _reported.clear()
 
 
-def raise_reported(model: Any = None) -> None:
-    """Raise the first error recorded by a compiled step, if any (for custom training loops).
+def take_recorded(model: Any = None) -> LossplugError | None:
+    """The first error compiled steps recorded (those on the host are forgotten), or None.
 
     ``model``: the ``LossModel`` whose steps ran; then also a failed check its compiled step
     kept in the model's step guard, where the compiler cannot call the host (XLA on
@@ -195,6 +195,12 @@ def raise_reported(model: Any = None) -> None:
     error = take_reported()
     if error is None and model is not None:
         error = model._lossplug_guard.recorded_error()
+    return error
+
+
+def raise_reported(model: Any = None) -> None:
+    """Raise :func:`take_recorded`'s error, if any (for custom training loops)."""
+    error = take_recorded(model)
     if error is not None:
         raise error
 
@@ -208,6 +214,7 @@ __all__ = [
     "raise_reported",
     "report",
     "reported_step",
+    "take_recorded",
     "take_reported",
     "term_scope",
     "who",
